@@ -1,0 +1,98 @@
+"""Safe loading of local checkpoints under torch >= 2.6 (``weights_only``).
+
+torch >= 2.6 loads with ``weights_only=True``, which refuses two kinds of
+files this project must read: checkpoints saved by mmengine's Runner (their
+``message_hub`` holds ``HistoryBuffer`` objects with numpy arrays) and the
+released Vim files (their ``'args'`` is an ``argparse.Namespace``).
+
+Instead of turning safe loading off, mmvim replaces mmengine's loader for
+local paths (the one every entry point goes through: ``Runner.resume``,
+``Runner.load_checkpoint``, ``load_checkpoint``, ``init_cfg=Pretrained``,
+mmpretrain / mmseg / mmdet inference APIs) with one that keeps
+``weights_only=True`` and allows exactly the few plain-data classes those
+files contain. Any other class still makes the load fail.
+"""
+import argparse
+import importlib
+import os.path as osp
+import pickle
+
+import numpy as np
+import torch
+from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.runner.checkpoint import CheckpointLoader
+
+_NUMERIC_DTYPES = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8,
+                   np.uint16, np.uint32, np.uint64, np.float16, np.float32,
+                   np.float64)
+
+
+def _numpy_multiarray():
+    if int(np.__version__.split('.')[0]) >= 2:  # numpy 2 renamed numpy.core
+        return importlib.import_module('numpy._core.multiarray')
+    return importlib.import_module('numpy.core.multiarray')
+
+
+def _history_buffer_getattr(obj, name):
+    """Stands in for ``getattr`` during a weights-only load.
+
+    A ``HistoryBuffer`` pickles its statistics methods as
+    ``getattr(HistoryBuffer, 'mean')``; only that lookup is allowed, so the
+    allow-list does not open ``getattr`` on anything else.
+    """
+    if obj is HistoryBuffer and not name.startswith('_') and callable(
+            getattr(HistoryBuffer, name, None)):
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(
+        f'checkpoint asks for getattr({obj!r}, {name!r}), which is not '
+        'allowed in a weights-only load')
+
+
+def checkpoint_safe_globals():
+    """The classes a weights-only load of an mmvim checkpoint may build."""
+    multiarray = _numpy_multiarray()
+    return [
+        argparse.Namespace,
+        HistoryBuffer,
+        (_history_buffer_getattr, 'builtins.getattr'),
+        multiarray._reconstruct,
+        multiarray.scalar,
+        np.ndarray,
+        np.dtype,
+    ] + [type(np.dtype(t)) for t in _NUMERIC_DTYPES]
+
+
+def load_checkpoint_file(filename, map_location=None):
+    """``torch.load(filename, weights_only=True)`` with mmvim's safe set.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        RuntimeError: the file is truncated / corrupt, or holds objects
+            outside the safe set; the message names the file.
+    """
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'checkpoint {filename} can not be found')
+    with torch.serialization.safe_globals(checkpoint_safe_globals()):
+        try:
+            return torch.load(filename, map_location=map_location,
+                              weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise RuntimeError(
+                f'refusing to load {filename}: it contains objects outside '
+                'the weights-only safe set (torch said: '
+                f'{str(error).splitlines()[0]}). Only load files you trust; '
+                'for such a file, re-save its state dict with '
+                'torch.save({"state_dict": torch.load(path, '
+                'weights_only=False)["state_dict"]}, new_path)') from error
+        except (EOFError, RuntimeError, ValueError) as error:
+            raise RuntimeError(
+                f'checkpoint {filename} is corrupt or truncated ({error}); '
+                'it was left untouched; use an older checkpoint of the same '
+                'run or save it again') from error
+
+
+def register_safe_checkpoint_loader():
+    """Make :func:`load_checkpoint_file` mmengine's loader for local paths."""
+    CheckpointLoader.register_scheme(
+        prefixes='', loader=load_checkpoint_file, force=True)

@@ -1,0 +1,101 @@
+import re
+
+from mmengine.logging import print_log
+from mmengine.optim import DefaultOptimWrapperConstructor
+
+from mmvim.registry import OPTIM_WRAPPER_CONSTRUCTORS
+
+# Parameters that are never weight-decayed, besides every 1-D parameter
+# (biases, norm weights).
+NO_WEIGHT_DECAY = ('pos_embed', 'cls_token', 'A_log', 'A_b_log', 'D', 'D_b')
+
+
+def get_vim_layer_id(name, num_layers, prefix='backbone.'):
+    """Layer id of a parameter for layer-wise lr decay.
+
+    ``patch_embed``, ``pos_embed``, ``cls_token`` -> 0; ``layers.i`` -> i + 1;
+    everything else (``norm_f``, necks, heads) -> num_layers + 1.
+    """
+    if not name.startswith(prefix):
+        return num_layers + 1
+    name = name[len(prefix):]
+    if name.startswith(('patch_embed.', 'pos_embed', 'cls_token')):
+        return 0
+    match = re.match(r'layers\.(\d+)\.', name)
+    if match:
+        return int(match.group(1)) + 1
+    return num_layers + 1
+
+
+def is_no_weight_decay(name, param):
+    """True for biases, norms (1-D), position/class tokens, A_log and D."""
+    return param.ndim <= 1 or name.rsplit('.', 1)[-1] in NO_WEIGHT_DECAY
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class VimLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """Layer-wise lr decay for models with a Vim backbone.
+
+    A parameter of layer id ``i`` gets ``lr = base_lr * rate ** (num_layers
+    + 1 - i)`` (ids from :func:`get_vim_layer_id`: the embeddings 0,
+    ``layers.i`` i + 1, everything outside the backbone num_layers + 1) and
+    no weight decay if :func:`is_no_weight_decay`.
+
+    ``paramwise_cfg``:
+        layer_decay_rate (float): the decay rate (required).
+        num_layers (int, optional): defaults to the backbone's depth.
+
+    Example::
+
+        optim_wrapper = dict(
+            constructor='VimLayerDecayOptimWrapperConstructor',
+            optimizer=dict(type='AdamW', lr=6e-5, weight_decay=0.01),
+            paramwise_cfg=dict(layer_decay_rate=0.92))
+    """
+
+    def __init__(self, optim_wrapper_cfg, paramwise_cfg=None):
+        if not paramwise_cfg or 'layer_decay_rate' not in paramwise_cfg:
+            raise ValueError(
+                'VimLayerDecayOptimWrapperConstructor needs '
+                'paramwise_cfg=dict(layer_decay_rate=...), e.g. 0.92 for '
+                'Vim-Ti or 0.95 for Vim-S')
+        unknown = set(paramwise_cfg) - {'layer_decay_rate', 'num_layers'}
+        if unknown:
+            raise ValueError(f'unknown paramwise_cfg keys {sorted(unknown)}; '
+                             'allowed: layer_decay_rate, num_layers')
+        super().__init__(optim_wrapper_cfg, paramwise_cfg)
+
+    def add_params(self, params, module, prefix='', **kwargs):
+        rate = self.paramwise_cfg['layer_decay_rate']
+        backbone = getattr(module, 'backbone', module)
+        name_prefix = 'backbone.' if backbone is not module else ''
+        num_layers = self.paramwise_cfg.get('num_layers')
+        if num_layers is None:
+            if not hasattr(backbone, 'layers'):
+                raise ValueError(
+                    'cannot infer num_layers: the model has no '
+                    "'backbone.layers'; set paramwise_cfg.num_layers")
+            num_layers = len(backbone.layers)
+
+        groups = {}
+        for name, param in module.named_parameters():
+            if not param.requires_grad:
+                continue
+            layer_id = get_vim_layer_id(name, num_layers, name_prefix)
+            no_decay = is_no_weight_decay(name, param)
+            key = (layer_id, no_decay)
+            if key not in groups:
+                scale = rate**(num_layers + 1 - layer_id)
+                groups[key] = dict(
+                    params=[],
+                    lr=self.base_lr * scale,
+                    lr_scale=scale,
+                    layer_id=layer_id,
+                    weight_decay=0. if no_decay else self.base_wd)
+            groups[key]['params'].append(param)
+        params.extend(groups[key] for key in sorted(groups))
+        print_log(
+            f'layer-wise lr decay {rate} over {num_layers} layers: '
+            f'{len(groups)} parameter groups, lr scale from '
+            f'{rate**(num_layers + 1):.3g} (embeddings) to 1 (heads)',
+            logger='current')
