@@ -1,0 +1,76 @@
+import pytest
+import torch.nn as nn
+from mmengine.optim import build_optim_wrapper
+
+from mmvim.engine import get_vim_layer_id
+from mmvim.models import Vim
+
+RATE = 0.92
+
+
+class Classifier(nn.Module):
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = Vim(dict(embed_dims=16, depth=24), img_size=32)
+        self.head = nn.Linear(16, 10)
+
+
+def _groups_by_param(model, paramwise_cfg):
+    wrapper = build_optim_wrapper(model, dict(
+        type='OptimWrapper', constructor='VimLayerDecayOptimWrapperConstructor',
+        optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
+        paramwise_cfg=paramwise_cfg))
+    return {id(p): g for g in wrapper.optimizer.param_groups
+            for p in g['params']}
+
+
+def test_lr_per_layer():
+    model = Classifier()
+    groups = _groups_by_param(model, dict(layer_decay_rate=RATE))
+    bb = model.backbone
+
+    def lr(param):
+        return groups[id(param)]['lr']
+
+    assert lr(bb.patch_embed.proj.weight) == pytest.approx(1e-3 * RATE**25)
+    assert lr(bb.pos_embed) == pytest.approx(1e-3 * RATE**25)
+    assert lr(bb.layers[0].mixer.in_proj.weight) == pytest.approx(1e-3 * RATE**24)
+    assert lr(bb.layers[23].mixer.in_proj.weight) == pytest.approx(1e-3 * RATE)
+    assert lr(bb.norm_f.weight) == pytest.approx(1e-3)
+    assert lr(model.head.weight) == pytest.approx(1e-3)
+    # the reference code's rule looked for 'blocks.N' and decayed no layer
+    assert lr(bb.layers[0].mixer.in_proj.weight) < lr(bb.layers[23].mixer.in_proj.weight)
+
+
+def test_no_weight_decay_set():
+    model = Classifier()
+    groups = _groups_by_param(model, dict(layer_decay_rate=RATE))
+    bb, mixer = model.backbone, model.backbone.layers[5].mixer
+    no_decay = [bb.pos_embed, bb.cls_token, mixer.A_log, mixer.A_b_log,
+                mixer.D, mixer.D_b, bb.layers[5].norm.weight, bb.norm_f.weight,
+                mixer.conv1d.bias, mixer.dt_proj_b.bias, model.head.bias,
+                bb.patch_embed.proj.bias]
+    decay = [mixer.in_proj.weight, mixer.x_proj_b.weight, mixer.conv1d.weight,
+             bb.patch_embed.proj.weight, model.head.weight]
+    assert all(groups[id(p)]['weight_decay'] == 0 for p in no_decay)
+    assert all(groups[id(p)]['weight_decay'] == 0.05 for p in decay)
+    assert len(groups) == sum(1 for _ in model.parameters())
+
+
+def test_frozen_parameters_are_left_out_and_bare_backbone():
+    model = Classifier()
+    model.backbone.pos_embed.requires_grad = False
+    groups = _groups_by_param(model, dict(layer_decay_rate=RATE, num_layers=24))
+    assert id(model.backbone.pos_embed) not in groups
+    bare = Vim(dict(embed_dims=16, depth=2), img_size=32)
+    groups = _groups_by_param(bare, dict(layer_decay_rate=0.5))
+    assert groups[id(bare.layers[1].mixer.D)]['lr'] == pytest.approx(1e-3 * 0.5)
+
+
+def test_layer_ids_and_config_errors():
+    assert get_vim_layer_id('backbone.cls_token', 24) == 0
+    assert get_vim_layer_id('backbone.layers.10.mixer.D', 24) == 11
+    assert get_vim_layer_id('decode_head.conv_seg.weight', 24) == 25
+    with pytest.raises(ValueError, match='layer_decay_rate'):
+        _groups_by_param(Classifier(), dict(decay_rate=0.9))
