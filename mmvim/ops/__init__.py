@@ -1,11 +1,10 @@
 from .causal_conv1d import causal_conv1d
 from .selective_scan import (available_scan_impls, bi_selective_scan,
-                             register_scan_impl, select_scan_impl,
-                             selective_scan)
+                             select_scan_impl, selective_scan)
 from .selective_scan_ref import bi_selective_scan_ref, selective_scan_ref
 
 __all__ = [
     'causal_conv1d', 'selective_scan', 'bi_selective_scan',
     'selective_scan_ref', 'bi_selective_scan_ref', 'available_scan_impls',
-    'register_scan_impl', 'select_scan_impl'
+    'select_scan_impl'
 ]

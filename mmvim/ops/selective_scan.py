@@ -11,21 +11,32 @@ from .selective_scan_ref import bi_selective_scan_ref, selective_scan_ref
 
 SCAN_IMPL_ENV = 'MMVIM_SCAN_IMPL'
 
-# name -> (selective_scan, bi_selective_scan); compiled kernels register here
-# when they can be built for this machine.
-_IMPLEMENTATIONS = {'ref': (selective_scan_ref, bi_selective_scan_ref)}
-# per device type, fastest first
-_PREFERENCE = {'cpu': ('cpu', 'ref'), 'cuda': ('cuda', 'ref')}
+
+def _load_cpu():
+    from .selective_scan_cpu import (bi_selective_scan_cpu, load_cpu_kernel,
+                                     selective_scan_cpu)
+    if load_cpu_kernel() is None:
+        return None
+    return selective_scan_cpu, bi_selective_scan_cpu
 
 
-def register_scan_impl(name, scan_fn, bi_scan_fn):
-    """Make a compiled implementation available to the dispatcher."""
-    _IMPLEMENTATIONS[name] = (scan_fn, bi_scan_fn)
+# device type -> loader of (selective_scan, bi_selective_scan) of its
+# compiled kernel, or None when it cannot be built here
+_KERNEL_LOADERS = {'cpu': _load_cpu}
+_kernels = {'ref': (selective_scan_ref, bi_selective_scan_ref)}
+
+
+def _implementation(name):
+    if name not in _kernels:
+        _kernels[name] = _KERNEL_LOADERS[name]()
+    return _kernels[name]
 
 
 def available_scan_impls():
-    """Names of the implementations usable in this process."""
-    return sorted(_IMPLEMENTATIONS)
+    """Names of the implementations usable in this process (builds the
+    kernels on first call)."""
+    return sorted(name for name in ['ref', *_KERNEL_LOADERS]
+                  if _implementation(name) is not None)
 
 
 def select_scan_impl(device_type):
@@ -34,16 +45,22 @@ def select_scan_impl(device_type):
     if forced not in ('auto', 'ref', 'cpu', 'cuda'):
         raise ValueError(f'{SCAN_IMPL_ENV}={forced!r} is not valid; '
                          'choose auto, ref, cpu or cuda')
+    if forced == 'ref':
+        return 'ref'
     if forced != 'auto':
-        if forced not in _IMPLEMENTATIONS:
+        if forced != device_type:
             raise RuntimeError(
-                f'{SCAN_IMPL_ENV}={forced} but the {forced} scan kernel is '
-                f'not available here (available: {available_scan_impls()}); '
-                f'unset {SCAN_IMPL_ENV} to fall back automatically')
+                f'{SCAN_IMPL_ENV}={forced} but the inputs are on '
+                f'{device_type}; unset {SCAN_IMPL_ENV} or move the inputs')
+        if forced not in _KERNEL_LOADERS or _implementation(forced) is None:
+            raise RuntimeError(
+                f'{SCAN_IMPL_ENV}={forced} but the {forced} scan kernel '
+                'could not be built here (see the warning above); unset '
+                f'{SCAN_IMPL_ENV} to fall back to the reference')
         return forced
-    for name in _PREFERENCE.get(device_type, ('ref', )):
-        if name in _IMPLEMENTATIONS:
-            return name
+    if device_type in _KERNEL_LOADERS and \
+            _implementation(device_type) is not None:
+        return device_type
     return 'ref'
 
 
@@ -62,7 +79,7 @@ def selective_scan(u,
     u, delta, z: (batch, E, L); A: (E, N) float32; B, C: (batch, N, L) or
     (batch, G, N, L); D, delta_bias: (E,) float32. Output in u's dtype.
     """
-    fn = _IMPLEMENTATIONS[select_scan_impl(u.device.type)][0]
+    fn = _implementation(select_scan_impl(u.device.type))[0]
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
               return_last_state)
 
@@ -89,6 +106,6 @@ def bi_selective_scan(u,
     The ``*_b`` tensors are in original token order and scanned right to
     left; returns ``(y_fwd + y_bwd) * silu(z)`` (halved if ``divide_out``).
     """
-    fn = _IMPLEMENTATIONS[select_scan_impl(u.device.type)][1]
+    fn = _implementation(select_scan_impl(u.device.type))[1]
     return fn(u, delta, A, B, C, D, u_b, delta_b, A_b, B_b, C_b, D_b, z,
               delta_bias, delta_bias_b, delta_softplus, divide_out)
