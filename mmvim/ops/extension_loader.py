@@ -1,13 +1,14 @@
 """JIT build of mmvim's C++/CUDA ops with torch.utils.cpp_extension + ninja.
 
 Sources live in ``<repo>/ops/<op>/csrc``. The build directory's name holds a
-hash of the sources, flags and torch version, so an edited source or another
+hash of the sources (headers included), flags and torch version, so an edited source or another
 torch builds anew and an unchanged one is reused. The default location is
 ``~/.cache/mmvim/extensions``; ``MMVIM_EXTENSIONS_DIR`` overrides it. Several
 processes starting together (DDP ranks) build once: the first takes a file
 lock, the others wait for it and load the result.
 """
 import fcntl
+import glob
 import logging
 import hashlib
 import os
@@ -105,11 +106,18 @@ def _build(op, source_files, kind):
     cuda_flags = []
     if kind == 'cuda':
         cflags = ['-O3']
-        cuda_flags = ['-O3', '--use_fast_math', '-std=c++17',
-                      '-gencode=arch=compute_80,code=sm_80',
-                      '-gencode=arch=compute_90,code=sm_90']
-        features = ''
-    name = build_name(op + '_' + kind, sources, cflags + cuda_flags, features)
+        cuda_flags = ['-O3', '--use_fast_math', '-std=c++17']
+        if not os.environ.get('TORCH_CUDA_ARCH_LIST') and \
+                not torch.cuda.is_available():
+            # no GPU to ask: build for the A100 / H100 generations
+            os.environ['TORCH_CUDA_ARCH_LIST'] = '8.0;9.0'
+        features = os.environ.get('TORCH_CUDA_ARCH_LIST') or ';'.join(
+            '{}.{}'.format(*torch.cuda.get_device_capability(i))
+            for i in range(torch.cuda.device_count()))
+    headers = sorted(glob.glob(osp.join(csrc, '*.h')) +
+                     glob.glob(osp.join(csrc, '*.cuh')))
+    name = build_name(op + '_' + kind, sources + headers, cflags + cuda_flags,
+                      features)
     build_dir = osp.join(extensions_dir(), name)
     os.makedirs(build_dir, exist_ok=True)
     _ensure_ninja_on_path()

@@ -12,17 +12,28 @@ from .selective_scan_ref import bi_selective_scan_ref, selective_scan_ref
 SCAN_IMPL_ENV = 'MMVIM_SCAN_IMPL'
 
 
-def _load_cpu():
-    from .selective_scan_cpu import (bi_selective_scan_cpu, load_cpu_kernel,
-                                     selective_scan_cpu)
-    if load_cpu_kernel() is None:
+def _compiled(kind):
+    """(selective_scan, bi_selective_scan) of the compiled ``kind`` kernel,
+    or None when it cannot be built (or, for CUDA, no GPU is usable)."""
+    import torch
+
+    from .selective_scan_kernel import (bi_selective_scan_kernel,
+                                        load_kernel, selective_scan_kernel)
+    if kind == 'cuda' and not torch.cuda.is_available():
         return None
-    return selective_scan_cpu, bi_selective_scan_cpu
+    if load_kernel(kind) is None:
+        return None
+    return selective_scan_kernel, bi_selective_scan_kernel
 
 
-# device type -> loader of (selective_scan, bi_selective_scan) of its
-# compiled kernel, or None when it cannot be built here
-_KERNEL_LOADERS = {'cpu': _load_cpu}
+# device type -> loader of its compiled kernel's functions
+_KERNEL_LOADERS = {'cpu': lambda: _compiled('cpu'),
+                   'cuda': lambda: _compiled('cuda')}
+# kernels 'auto' picks. The CUDA kernel builds and imports everywhere but has
+# not yet run its numerical tests on a GPU (tests/test_ops/
+# test_selective_scan_cuda.py): until it has, it runs only when asked for
+# with MMVIM_SCAN_IMPL=cuda, and GPUs use the reference by default.
+_AUTO_KERNELS = ('cpu', )
 _kernels = {'ref': (selective_scan_ref, bi_selective_scan_ref)}
 
 
@@ -58,7 +69,7 @@ def select_scan_impl(device_type):
                 'could not be built here (see the warning above); unset '
                 f'{SCAN_IMPL_ENV} to fall back to the reference')
         return forced
-    if device_type in _KERNEL_LOADERS and \
+    if device_type in _AUTO_KERNELS and \
             _implementation(device_type) is not None:
         return device_type
     return 'ref'

@@ -13,11 +13,12 @@ import torch
 
 from mmvim.ops import (bi_selective_scan, bi_selective_scan_ref,
                        select_scan_impl, selective_scan_ref)
-from mmvim.ops.selective_scan_cpu import (bi_selective_scan_cpu,
-                                          load_cpu_kernel, selective_scan_cpu)
+from mmvim.ops.selective_scan_kernel import (bi_selective_scan_kernel,
+                                             load_kernel,
+                                             selective_scan_kernel)
 
 pytestmark = pytest.mark.skipif(
-    load_cpu_kernel() is None, reason='the CPU kernel could not be built')
+    load_kernel('cpu') is None, reason='the CPU kernel could not be built')
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +88,7 @@ def test_forward_matches_reference(batch, dim, state, length, groups,
         x['delta'] = x['delta'].abs() * .2
     args = {k: v for k, v in x.items()}
     for reverse in (False, True):
-        y, last = selective_scan_cpu(**args, delta_softplus=softplus,
+        y, last = selective_scan_kernel(**args, delta_softplus=softplus,
                                      return_last_state=True, reverse=reverse)
         y_ref, last_ref = selective_scan_ref(
             **{k: None if v is None else v.double() for k, v in args.items()},
@@ -106,7 +107,7 @@ def test_gradients_match_reference(batch, dim, state, length, groups,
     leaves = {k: v.double().requires_grad_(True) for k, v in x.items()}
     leaves32 = {k: v.clone().requires_grad_(True) for k, v in x.items()}
     y_ref = selective_scan_ref(**leaves, delta_softplus=True, reverse=reverse)
-    y = selective_scan_cpu(**leaves32, delta_softplus=True, reverse=reverse)
+    y = selective_scan_kernel(**leaves32, delta_softplus=True, reverse=reverse)
     grad = torch.randn_like(y_ref)
     ref_grads = torch.autograd.grad(y_ref, list(leaves.values()), grad)
     grads = torch.autograd.grad(y, list(leaves32.values()), grad.float())
@@ -117,13 +118,13 @@ def test_gradients_match_reference(batch, dim, state, length, groups,
 
 def test_float64_is_exact_and_gradcheck():
     x = _double(_inputs(2, 8, 4, 9, groups=2, seed=5))
-    y = selective_scan_cpu(**x, delta_softplus=True)
+    y = selective_scan_kernel(**x, delta_softplus=True)
     torch.testing.assert_close(y, selective_scan_ref(**x, delta_softplus=True),
                                rtol=1e-12, atol=1e-12)
     small = {k: v.requires_grad_(True)
              for k, v in _double(_inputs(1, 3, 2, 5, groups=None, seed=6)).items()}
     assert torch.autograd.gradcheck(
-        lambda *a: selective_scan_cpu(*a, delta_softplus=True, reverse=True),
+        lambda *a: selective_scan_kernel(*a, delta_softplus=True, reverse=True),
         tuple(small.values()))
 
 
@@ -156,7 +157,7 @@ def test_bi_scan_equals_flip_composition(length):
     z32 = z.clone().requires_grad_(True)
 
     ref = _flip_composition(f64, b64, z64)
-    out = bi_selective_scan_cpu(
+    out = bi_selective_scan_kernel(
         *[f32[k] for k in names[:6]], *[b32[k] for k in names[:6]], z=z32,
         delta_bias=f32['delta_bias'], delta_bias_b=b32['delta_bias'],
         delta_softplus=True)
@@ -177,11 +178,11 @@ def test_bi_scan_gradcheck_and_no_divide():
         f['z'], f['delta_bias'], b['delta_bias']]
     args = [a.requires_grad_(True) for a in args]
     assert torch.autograd.gradcheck(
-        lambda *a: bi_selective_scan_cpu(*a[:12], z=a[12], delta_bias=a[13],
+        lambda *a: bi_selective_scan_kernel(*a[:12], z=a[12], delta_bias=a[13],
                                          delta_bias_b=a[14],
                                          delta_softplus=True), tuple(args))
-    full = bi_selective_scan_cpu(*args[:12], divide_out=False)
-    half = bi_selective_scan_cpu(*args[:12])
+    full = bi_selective_scan_kernel(*args[:12], divide_out=False)
+    half = bi_selective_scan_kernel(*args[:12])
     torch.testing.assert_close(full, 2 * half)
     torch.testing.assert_close(full, bi_selective_scan_ref(*args[:12],
                                                            divide_out=False))
@@ -191,7 +192,7 @@ def test_half_precision_inputs_keep_their_dtype():
     x = _inputs(2, 16, 16, 33, seed=11)
     x16 = dict(x, u=x['u'].bfloat16(), delta=x['delta'].bfloat16(),
                z=x['z'].bfloat16())
-    y = selective_scan_cpu(**x16, delta_softplus=True)
+    y = selective_scan_kernel(**x16, delta_softplus=True)
     assert y.dtype == torch.bfloat16
     ref = selective_scan_ref(**_double(x16), delta_softplus=True)
     assert _rel(y, ref) < 1e-2
@@ -204,7 +205,7 @@ def test_dispatcher_prefers_the_kernel(monkeypatch):
     args = [f[k] for k in ('u', 'delta', 'A', 'B', 'C', 'D')] + \
         [b[k] for k in ('u', 'delta', 'A', 'B', 'C', 'D')]
     torch.testing.assert_close(bi_selective_scan(*args, z=f['z']),
-                               bi_selective_scan_cpu(*args, z=f['z']))
+                               bi_selective_scan_kernel(*args, z=f['z']))
     monkeypatch.setenv('MMVIM_SCAN_IMPL', 'cuda')
     with pytest.raises(RuntimeError, match='inputs are on cpu'):
         select_scan_impl('cpu')

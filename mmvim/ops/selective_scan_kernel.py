@@ -1,9 +1,13 @@
-"""Autograd functions around the C++ CPU kernel of the selective scan.
+"""Autograd functions around the compiled selective-scan kernels.
 
-The kernel computes in float32 (float64 for float64 inputs); other input
-dtypes are cast and the output is returned in u's dtype. B and C are handed
-to the kernel transposed to (batch, G, L, N), so that the N values of one
-token are adjacent in memory.
+One wrapper serves the CPU kernel (``ops/selective_scan/csrc/
+selective_scan_cpu.cpp``) and the CUDA kernel (``selective_scan_cuda*``):
+both export the same functions. Data (u, delta, z) go to the kernel in
+float32 (float64 on the CPU for float64 inputs; float16 / bfloat16 kept on
+CUDA), weights (A, B, C, D, delta_bias) in float32 (float64 likewise); the
+output comes back in u's dtype and every gradient in its input's dtype. B
+and C are handed over transposed to (batch, G, L, N), so that the N values
+of one token are adjacent in memory.
 """
 import os
 
@@ -11,24 +15,36 @@ import torch
 
 from .extension_loader import load_extension
 
-SOURCES = ['selective_scan_cpu.cpp']
+SOURCES = {
+    'cpu': ['selective_scan_cpu.cpp'],
+    'cuda': ['selective_scan_cuda.cpp', 'selective_scan_cuda_fp32.cu',
+             'selective_scan_cuda_fp16.cu', 'selective_scan_cuda_bf16.cu'],
+}
 # tests set MMVIM_SCAN_POISON=1: outputs start as NaN, so an element the
 # kernel does not write fails the comparison with the reference
 POISON_ENV = 'MMVIM_SCAN_POISON'
+_CUDA_DATA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def load_cpu_kernel():
-    return load_extension('selective_scan', SOURCES, kind='cpu')
+def load_kernel(kind):
+    """The compiled extension for 'cpu' or 'cuda' (built on first use), or
+    None when it cannot be built here."""
+    return load_extension('selective_scan', SOURCES[kind], kind=kind)
 
 
-def _kernel():
-    module = load_cpu_kernel()
+def _kernel(device_type):
+    module = load_kernel(device_type)
     module.set_poison_outputs(os.environ.get(POISON_ENV, '0') == '1')
     return module
 
 
-def _compute_dtype(u):
-    return torch.float64 if u.dtype == torch.float64 else torch.float32
+def _dtypes(u):
+    """(data dtype, weight dtype) the kernel computes with for input u."""
+    if u.is_cuda:
+        data = u.dtype if u.dtype in _CUDA_DATA_DTYPES else torch.float32
+        return data, torch.float32
+    wide = torch.float64 if u.dtype == torch.float64 else torch.float32
+    return wide, wide
 
 
 def _prep(x, dtype):
@@ -60,16 +76,16 @@ def _bc_grad(grad, meta):
     return grad.to(meta[0])
 
 
-class SelectiveScanCPU(torch.autograd.Function):
+class SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                 return_last_state, reverse):
-        dtype = _compute_dtype(u)
-        args = [_prep(u, dtype), _prep(delta, dtype), _prep(A, dtype),
-                _prep_bc(B, dtype), _prep_bc(C, dtype), _prep(D, dtype),
-                _prep(delta_bias, dtype), _prep(z, dtype)]
-        out, acc, last = _kernel().scan_fwd(
+        data, weight = _dtypes(u)
+        args = [_prep(u, data), _prep(delta, data), _prep(A, weight),
+                _prep_bc(B, weight), _prep_bc(C, weight), _prep(D, weight),
+                _prep(delta_bias, weight), _prep(z, data)]
+        out, acc, last = _kernel(u.device.type).scan_fwd(
             *args, bool(delta_softplus), bool(reverse),
             bool(return_last_state))
         ctx.save_for_backward(*args, acc)
@@ -83,31 +99,31 @@ class SelectiveScanCPU(torch.autograd.Function):
         *args, acc = ctx.saved_tensors
         softplus, reverse = ctx.flags
         u, delta, A, B, C, D, z, delta_bias = ctx.meta
-        du, ddelta, dA, dB, dC, dD, dbias, dz = _kernel().scan_bwd(
-            *args, dout.to(acc.dtype), acc, softplus, reverse)
+        du, ddelta, dA, dB, dC, dD, dbias, dz = _kernel(
+            acc.device.type).scan_bwd(*args, dout.to(args[0].dtype), acc,
+                                      softplus, reverse)
         return (_cast_like(du, u), _cast_like(ddelta, delta),
                 _cast_like(dA, A), _bc_grad(dB, B), _bc_grad(dC, C),
                 _cast_like(dD, D), _cast_like(dz, z),
                 _cast_like(dbias, delta_bias), None, None, None)
 
 
-class BiSelectiveScanCPU(torch.autograd.Function):
+class BiSelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, u_b, delta_b, A_b, B_b, C_b, D_b,
                 z, delta_bias, delta_bias_b, delta_softplus, divide_out):
-        dtype = _compute_dtype(u)
-        fwd = [_prep(u, dtype), _prep(delta, dtype), _prep(A, dtype),
-               _prep_bc(B, dtype), _prep_bc(C, dtype), _prep(D, dtype),
-               _prep(delta_bias, dtype)]
-        bwd = [_prep(u_b, dtype), _prep(delta_b, dtype), _prep(A_b, dtype),
-               _prep_bc(B_b, dtype), _prep_bc(C_b, dtype), _prep(D_b, dtype),
-               _prep(delta_bias_b, dtype)]
-        z32 = _prep(z, dtype)
+        data, weight = _dtypes(u)
+        fwd = [_prep(u, data), _prep(delta, data), _prep(A, weight),
+               _prep_bc(B, weight), _prep_bc(C, weight), _prep(D, weight),
+               _prep(delta_bias, weight)]
+        bwd = [_prep(u_b, data), _prep(delta_b, data), _prep(A_b, weight),
+               _prep_bc(B_b, weight), _prep_bc(C_b, weight),
+               _prep(D_b, weight), _prep(delta_bias_b, weight)]
+        z32 = _prep(z, data)
         scale = 0.5 if divide_out else 1.0
-        out, acc, _ = _kernel().bi_scan_fwd(*fwd, *bwd, z32,
-                                                     bool(delta_softplus),
-                                                     scale)
+        out, acc, _ = _kernel(u.device.type).bi_scan_fwd(
+            *fwd, *bwd, z32, bool(delta_softplus), scale)
         ctx.save_for_backward(*fwd, *bwd, z32, acc)
         ctx.meta = _meta(u, delta, A, B, C, D, delta_bias, u_b, delta_b,
                          A_b, B_b, C_b, D_b, delta_bias_b, z)
@@ -118,8 +134,8 @@ class BiSelectiveScanCPU(torch.autograd.Function):
     def backward(ctx, dout):
         saved = ctx.saved_tensors
         softplus, scale = ctx.flags
-        grads = _kernel().bi_scan_bwd(
-            *saved[:7], *saved[7:14], saved[14], dout.to(saved[15].dtype),
+        grads = _kernel(saved[15].device.type).bi_scan_bwd(
+            *saved[:7], *saved[7:14], saved[14], dout.to(saved[0].dtype),
             saved[15], softplus, scale)
         meta = ctx.meta
 
@@ -136,20 +152,23 @@ class BiSelectiveScanCPU(torch.autograd.Function):
         return (*fwd, *bwd, dz, dbias_f, dbias_b, None, None)
 
 
-def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                       delta_softplus=False, return_last_state=False,
-                       reverse=False):
-    """CPU-kernel twin of :func:`selective_scan_ref` (same arguments)."""
-    out, last = SelectiveScanCPU.apply(u, delta, A, B, C, D, z, delta_bias,
+def selective_scan_kernel(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                          delta_softplus=False, return_last_state=False,
+                          reverse=False):
+    """Compiled twin of :func:`selective_scan_ref` (same arguments), on the
+    kernel of u's device."""
+    out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias,
                                        delta_softplus, return_last_state,
                                        reverse)
     return (out, last) if return_last_state else out
 
 
-def bi_selective_scan_cpu(u, delta, A, B, C, D, u_b, delta_b, A_b, B_b, C_b,
-                          D_b, z=None, delta_bias=None, delta_bias_b=None,
-                          delta_softplus=False, divide_out=True):
-    """CPU-kernel twin of :func:`bi_selective_scan_ref` (one fused call)."""
-    return BiSelectiveScanCPU.apply(u, delta, A, B, C, D, u_b, delta_b, A_b,
+def bi_selective_scan_kernel(u, delta, A, B, C, D, u_b, delta_b, A_b, B_b,
+                             C_b, D_b, z=None, delta_bias=None,
+                             delta_bias_b=None, delta_softplus=False,
+                             divide_out=True):
+    """Compiled twin of :func:`bi_selective_scan_ref`: both directions in one
+    kernel launch, on the kernel of u's device."""
+    return BiSelectiveScanFn.apply(u, delta, A, B, C, D, u_b, delta_b, A_b,
                                     B_b, C_b, D_b, z, delta_bias,
                                     delta_bias_b, delta_softplus, divide_out)
