@@ -29,15 +29,18 @@
 #endif
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <limits>
 #include <cstdint>
 #include <cstring>
 #include <optional>
 #include <vector>
 
+#include "selective_scan_interface.h"
+
 namespace {
+
+using mmvim_scan::DirTensors;
+using mmvim_scan::new_output;
 
 // exp, log for float written without calls so that loops vectorise:
 // Cody-Waite range reduction and a degree-7 polynomial (relative error
@@ -115,13 +118,6 @@ inline T sigmoid(T x) {
 
 // Tests set this so that every output starts as NaN: an element a kernel
 // forgets to write then fails the comparison with the reference.
-std::atomic<bool> g_poison_outputs{false};
-
-torch::Tensor new_output(at::IntArrayRef sizes, const torch::TensorOptions& options) {
-  return g_poison_outputs ? torch::full(sizes, std::numeric_limits<double>::quiet_NaN(), options)
-                          : torch::empty(sizes, options);
-}
-
 // channels per block: one 64-byte vector
 template <typename T>
 constexpr int kLanes = 64 / sizeof(T);
@@ -148,13 +144,6 @@ std::vector<Block> make_blocks(const Sizes& s) {
                              static_cast<int>(std::min<int64_t>(W, per_group - e))});
   return blocks;
 }
-
-// The tensors of one direction.
-struct DirTensors {
-  torch::Tensor u, delta, A, Bt, Ct;
-  std::optional<torch::Tensor> D, bias;
-  bool reverse;
-};
 
 // Raw pointers of one direction.
 template <typename T>
@@ -609,68 +598,8 @@ _Pragma("omp simd reduction(+ : bias_grad)")
   return grads;
 }
 
-DirTensors direction(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
-                     torch::Tensor Bt, torch::Tensor Ct,
-                     std::optional<torch::Tensor> D,
-                     std::optional<torch::Tensor> bias, bool reverse) {
-  return DirTensors{u, delta, A, Bt, Ct, D, bias, reverse};
-}
-
-std::vector<torch::Tensor> scan_fwd(
-    torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor Bt,
-    torch::Tensor Ct, std::optional<torch::Tensor> D,
-    std::optional<torch::Tensor> bias, std::optional<torch::Tensor> z,
-    bool softplus, bool reverse, bool return_last_state) {
-  return forward_impl({direction(u, delta, A, Bt, Ct, D, bias, reverse)}, z,
-                      1.0, softplus, return_last_state);
-}
-
-std::vector<torch::Tensor> scan_bwd(
-    torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor Bt,
-    torch::Tensor Ct, std::optional<torch::Tensor> D,
-    std::optional<torch::Tensor> bias, std::optional<torch::Tensor> z,
-    torch::Tensor dout, torch::Tensor acc, bool softplus, bool reverse) {
-  return backward_impl({direction(u, delta, A, Bt, Ct, D, bias, reverse)}, z,
-                       dout, acc, 1.0, softplus);
-}
-
-std::vector<torch::Tensor> bi_scan_fwd(
-    torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor Bt,
-    torch::Tensor Ct, std::optional<torch::Tensor> D,
-    std::optional<torch::Tensor> bias, torch::Tensor u_b,
-    torch::Tensor delta_b, torch::Tensor A_b, torch::Tensor Bt_b,
-    torch::Tensor Ct_b, std::optional<torch::Tensor> D_b,
-    std::optional<torch::Tensor> bias_b, std::optional<torch::Tensor> z,
-    bool softplus, double scale) {
-  return forward_impl({direction(u, delta, A, Bt, Ct, D, bias, false),
-                       direction(u_b, delta_b, A_b, Bt_b, Ct_b, D_b, bias_b,
-                                 true)},
-                      z, scale, softplus, false);
-}
-
-std::vector<torch::Tensor> bi_scan_bwd(
-    torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor Bt,
-    torch::Tensor Ct, std::optional<torch::Tensor> D,
-    std::optional<torch::Tensor> bias, torch::Tensor u_b,
-    torch::Tensor delta_b, torch::Tensor A_b, torch::Tensor Bt_b,
-    torch::Tensor Ct_b, std::optional<torch::Tensor> D_b,
-    std::optional<torch::Tensor> bias_b, std::optional<torch::Tensor> z,
-    torch::Tensor dout, torch::Tensor acc, bool softplus, double scale) {
-  return backward_impl({direction(u, delta, A, Bt, Ct, D, bias, false),
-                        direction(u_b, delta_b, A_b, Bt_b, Ct_b, D_b, bias_b,
-                                  true)},
-                       z, dout, acc, scale, softplus);
-}
-
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("set_poison_outputs", [](bool on) { g_poison_outputs = on; },
-        "fill every output with NaN before the kernel writes it (tests)");
-  m.def("scan_fwd", &scan_fwd, "selective scan forward (CPU)");
-  m.def("scan_bwd", &scan_bwd, "selective scan backward (CPU)");
-  m.def("bi_scan_fwd", &bi_scan_fwd,
-        "bidirectional selective scan forward (CPU)");
-  m.def("bi_scan_bwd", &bi_scan_bwd,
-        "bidirectional selective scan backward (CPU)");
+  mmvim_scan::bind_scan(m, forward_impl, backward_impl, "CPU");
 }

@@ -7,24 +7,17 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include <atomic>
-#include <limits>
 #include <optional>
 #include <vector>
 
 #include "selective_scan_cuda.h"
+#include "selective_scan_interface.h"
 
 namespace {
 
+using mmvim_scan::DirTensors;
+using mmvim_scan::new_output;
 using mmvim_scan::ScanParams;
-
-std::atomic<bool> g_poison_outputs{false};
-
-torch::Tensor new_output(at::IntArrayRef sizes, const torch::TensorOptions& options) {
-  return g_poison_outputs
-             ? torch::full(sizes, std::numeric_limits<double>::quiet_NaN(), options)
-             : torch::empty(sizes, options);
-}
 
 // Calls f(T{}) with T the kernel's element type for u's dtype (the three
 // the kernels are instantiated for; check() has rejected the others).
@@ -37,12 +30,6 @@ void dispatch_dtype(at::ScalarType dtype, F&& f) {
     default: TORCH_CHECK(false, "selective scan CUDA kernel: unsupported dtype ", dtype);
   }
 }
-
-struct DirTensors {
-  torch::Tensor u, delta, A, Bt, Ct;
-  std::optional<torch::Tensor> D, bias;
-  bool reverse;
-};
 
 void check(const std::vector<DirTensors>& dirs,
            const std::optional<torch::Tensor>& z,
@@ -201,64 +188,8 @@ std::vector<torch::Tensor> backward_impl(const std::vector<DirTensors>& dirs,
   return grads;
 }
 
-DirTensors direction(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
-                     torch::Tensor Bt, torch::Tensor Ct,
-                     std::optional<torch::Tensor> D,
-                     std::optional<torch::Tensor> bias, bool reverse) {
-  return DirTensors{u, delta, A, Bt, Ct, D, bias, reverse};
-}
-
-std::vector<torch::Tensor> scan_fwd(
-    torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor Bt,
-    torch::Tensor Ct, std::optional<torch::Tensor> D,
-    std::optional<torch::Tensor> bias, std::optional<torch::Tensor> z,
-    bool softplus, bool reverse, bool return_last_state) {
-  return forward_impl({direction(u, delta, A, Bt, Ct, D, bias, reverse)}, z,
-                      1.0, softplus, return_last_state);
-}
-
-std::vector<torch::Tensor> scan_bwd(
-    torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor Bt,
-    torch::Tensor Ct, std::optional<torch::Tensor> D,
-    std::optional<torch::Tensor> bias, std::optional<torch::Tensor> z,
-    torch::Tensor dout, torch::Tensor acc, bool softplus, bool reverse) {
-  return backward_impl({direction(u, delta, A, Bt, Ct, D, bias, reverse)}, z,
-                       dout, acc, 1.0, softplus);
-}
-
-std::vector<torch::Tensor> bi_scan_fwd(
-    torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor Bt,
-    torch::Tensor Ct, std::optional<torch::Tensor> D,
-    std::optional<torch::Tensor> bias, torch::Tensor u_b,
-    torch::Tensor delta_b, torch::Tensor A_b, torch::Tensor Bt_b,
-    torch::Tensor Ct_b, std::optional<torch::Tensor> D_b,
-    std::optional<torch::Tensor> bias_b, std::optional<torch::Tensor> z,
-    bool softplus, double scale) {
-  return forward_impl({direction(u, delta, A, Bt, Ct, D, bias, false),
-                       direction(u_b, delta_b, A_b, Bt_b, Ct_b, D_b, bias_b, true)},
-                      z, scale, softplus, false);
-}
-
-std::vector<torch::Tensor> bi_scan_bwd(
-    torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor Bt,
-    torch::Tensor Ct, std::optional<torch::Tensor> D,
-    std::optional<torch::Tensor> bias, torch::Tensor u_b,
-    torch::Tensor delta_b, torch::Tensor A_b, torch::Tensor Bt_b,
-    torch::Tensor Ct_b, std::optional<torch::Tensor> D_b,
-    std::optional<torch::Tensor> bias_b, std::optional<torch::Tensor> z,
-    torch::Tensor dout, torch::Tensor acc, bool softplus, double scale) {
-  return backward_impl({direction(u, delta, A, Bt, Ct, D, bias, false),
-                        direction(u_b, delta_b, A_b, Bt_b, Ct_b, D_b, bias_b, true)},
-                       z, dout, acc, scale, softplus);
-}
-
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("set_poison_outputs", [](bool on) { g_poison_outputs = on; },
-        "fill every output with NaN before the kernel writes it (tests)");
-  m.def("scan_fwd", &scan_fwd, "selective scan forward (CUDA)");
-  m.def("scan_bwd", &scan_bwd, "selective scan backward (CUDA)");
-  m.def("bi_scan_fwd", &bi_scan_fwd, "bidirectional selective scan forward (CUDA)");
-  m.def("bi_scan_bwd", &bi_scan_bwd, "bidirectional selective scan backward (CUDA)");
+  mmvim_scan::bind_scan(m, forward_impl, backward_impl, "CUDA");
 }
