@@ -101,7 +101,9 @@ def _build(op, source_files, kind):
     sources = [osp.join(csrc, name) for name in source_files]
     missing = [s for s in sources if not osp.isfile(s)]
     if missing:
-        raise FileNotFoundError(f'missing sources {missing}')
+        raise FileNotFoundError(
+            f'missing sources {missing}: the kernels compile from the '
+            'checkout, so install mmvim with `pip install -e .` from it')
     cflags, features = _cpu_flags()
     cuda_flags = []
     if kind == 'cuda':
