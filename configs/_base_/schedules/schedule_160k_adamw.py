@@ -1,0 +1,26 @@
+# 160k iterations of AdamW (lr 6e-5, wd 0.01) with Vim layer-wise lr decay,
+# 1500 linear warm-up iterations, then linear decay to zero.
+optim_wrapper = dict(
+    type='OptimWrapper',
+    constructor='VimLayerDecayOptimWrapperConstructor',
+    optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999),
+                   weight_decay=0.01),
+    paramwise_cfg=dict(layer_decay_rate=0.92))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0,
+         end=1500),
+    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=1500,
+         end=160000),
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=160000,
+                 val_interval=16000)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=16000,
+                    max_keep_ckpts=3),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    visualization=dict(type='SegVisualizationHook'))
