@@ -9,7 +9,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash tools/setup_env.sh
-PY="$ROOT/.venv/bin/python"
+PY="${MMVIM_VENV:-$ROOT/.venv}/bin/python"
 WORK_DIR="${1:-work_dirs/demo_classification}"
 CONFIG=configs/vim/vim-tiny-p16_1xb32-200it_synthetic-in1k-64px.py
 DATA=data/synthetic_in1k

@@ -11,4 +11,4 @@ if [[ -z "${CUDA_HOME:-}" && -d /usr/local/cuda ]]; then
   export CUDA_HOME=/usr/local/cuda
 fi
 cd "$ROOT"
-exec "$ROOT/.venv/bin/python" -m pytest tests "$@"
+exec "${MMVIM_VENV:-$ROOT/.venv}/bin/python" -m pytest tests "$@"
