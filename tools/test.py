@@ -2,7 +2,8 @@
 ``default_scope`` decides the task).
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE.pkl]
-        [--cfg-options key=value ...] [--launcher {none,pytorch,slurm,mpi}]
+        [--show-dir DIR] [--cfg-options key=value ...]
+        [--launcher {none,pytorch,slurm,mpi}]
 """
 import argparse
 import os
@@ -14,6 +15,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmvim  # noqa: F401  (registers the Vim modules, safe checkpoint loading)
+from mmvim.engine import check_data_roots, init_cpu_distributed
 
 
 def parse_args():
@@ -23,6 +25,10 @@ def parse_args():
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
     parser.add_argument(
         '--out', help='dump the raw predictions to this pickle file')
+    parser.add_argument(
+        '--show-dir',
+        help='write prediction overlays to this directory (relative paths '
+        'are inside the run\'s log directory)')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -41,6 +47,25 @@ def parse_args():
     return args
 
 
+def enable_overlays(cfg, show_dir):
+    """Turn on the task's visualization hook so that it writes overlays."""
+    hooks = cfg.default_hooks
+    scope = cfg.get('default_scope')
+    if scope == 'mmseg':
+        hooks.visualization = dict(type='SegVisualizationHook', draw=True,
+                                   interval=1)
+        cfg.visualizer.save_dir = show_dir
+    elif scope == 'mmdet':
+        hooks.visualization = dict(type='DetVisualizationHook', draw=True,
+                                   interval=1, test_out_dir=show_dir)
+    elif scope == 'mmpretrain':
+        hooks.visualization = dict(type='VisualizationHook', enable=True,
+                                   interval=1, out_dir=show_dir)
+    else:
+        raise SystemExit(f'error: --show-dir is not supported for '
+                         f'default_scope={scope!r}')
+
+
 def main():
     args = parse_args()
     if not osp.isfile(args.checkpoint):
@@ -55,6 +80,13 @@ def main():
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
+    try:
+        check_data_roots(cfg, loaders=('test_dataloader', ))
+    except FileNotFoundError as error:
+        raise SystemExit(f'error: {error}')
+    if args.show_dir is not None:
+        enable_overlays(cfg, args.show_dir)
+    init_cpu_distributed(cfg, args.launcher)
     runner = (Runner.from_cfg(cfg)
               if 'runner_type' not in cfg else RUNNERS.build(cfg))
     if args.out is not None:

@@ -13,6 +13,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmvim  # noqa: F401  (registers the Vim modules, safe checkpoint loading)
+from mmvim.engine import check_data_roots, init_cpu_distributed
 
 
 def parse_args():
@@ -79,6 +80,11 @@ def apply_args(cfg, args):
 def main():
     args = parse_args()
     cfg = apply_args(Config.fromfile(args.config), args)
+    try:
+        check_data_roots(cfg, loaders=('train_dataloader', 'val_dataloader'))
+    except FileNotFoundError as error:
+        raise SystemExit(f'error: {error}')
+    init_cpu_distributed(cfg, args.launcher)
     runner = (Runner.from_cfg(cfg)
               if 'runner_type' not in cfg else RUNNERS.build(cfg))
     runner.train()

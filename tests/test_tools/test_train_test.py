@@ -94,3 +94,26 @@ def test_bad_arguments_are_clear(dataset, tmp_path):
     assert missing.returncode != 0 and 'nope.pth not found' in missing.stderr
     amp = _tool('train.py', CONFIG, '--amp', '--work-dir', str(tmp_path))
     assert amp.returncode != 0 and '--amp needs a CUDA GPU' in amp.stderr
+
+
+def _free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def test_dist_train_runs_two_processes(dataset, small_config, tmp_path):
+    """tools/dist_train.sh with 2 processes on the CPU (gloo)."""
+    import os
+    work_dir = str(tmp_path / 'dist')
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()))
+    result = subprocess.run(
+        ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), small_config, '2',
+         '--work-dir', work_dir, *_options(dataset, 2),
+         'env_cfg.dist_cfg.backend=gloo'],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert 'Distributed training: True' in log and 'GPU number: 2' in log
+    assert osp.isfile(osp.join(work_dir, 'iter_2.pth'))
