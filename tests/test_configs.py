@@ -43,3 +43,31 @@ def test_config_builds_and_runs(path):
             out = model(torch.randn(1, 3, size, size), mode='tensor')
     outs = out if isinstance(out, (tuple, list)) else [out]
     assert all(torch.isfinite(o).all() for o in outs)
+    # the training data path: the data preprocessor batches raw images
+    batch = _raw_batch(scope, size)
+    with DefaultScope.overwrite_default_scope(scope):
+        data = model.data_preprocessor(batch, training=True)
+    assert data['inputs'].shape[0] == 2
+
+
+def _raw_batch(scope, size):
+    """Two uint8 images with their annotations, as a dataloader hands them
+    over (of different sizes for segmentation, which pads to crop size)."""
+    second = (size - 8, size) if scope == 'mmseg' else (size, size)
+    images = [torch.randint(0, 255, (3, size, size), dtype=torch.uint8),
+              torch.randint(0, 255, (3, *second), dtype=torch.uint8)]
+    samples = []
+    for image in images:
+        if scope == 'mmseg':
+            from mmengine.structures import PixelData
+            from mmseg.structures import SegDataSample
+            sample = SegDataSample()
+            sample.gt_sem_seg = PixelData(
+                data=torch.zeros(1, *image.shape[1:], dtype=torch.long))
+        elif scope == 'mmpretrain':
+            from mmpretrain.structures import DataSample
+            sample = DataSample().set_gt_label(1)
+        else:
+            raise NotImplementedError(f'no raw batch for {scope}')
+        samples.append(sample)
+    return dict(inputs=images, data_samples=samples)

@@ -8,7 +8,9 @@ _base_ = [
     '../_base_/default_runtime_mmseg.py',
 ]
 
+crop_size = (512, 512)
 model = dict(
+    data_preprocessor=dict(size=crop_size),
     backbone=dict(
         arch='small',
         drop_path_rate=0.1,
