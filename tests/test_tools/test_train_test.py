@@ -116,4 +116,14 @@ def test_dist_train_runs_two_processes(dataset, small_config, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert 'Distributed training: True' in log and 'GPU number: 2' in log
-    assert osp.isfile(osp.join(work_dir, 'iter_2.pth'))
+    ckpt = osp.join(work_dir, 'iter_2.pth')
+    assert osp.isfile(ckpt)
+
+    env['PORT'] = str(_free_port())
+    test = subprocess.run(
+        ['bash', osp.join(ROOT, 'tools', 'dist_test.sh'), small_config, ckpt,
+         '2', '--work-dir', str(tmp_path / 'dist_test'),
+         *_options(dataset, 2), 'env_cfg.dist_cfg.backend=gloo'],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert test.returncode == 0, test.stderr[-3000:]
+    assert re.search(r"'accuracy/top1': [0-9.]+", test.stdout)
