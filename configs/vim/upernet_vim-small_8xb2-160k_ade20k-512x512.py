@@ -1,22 +1,13 @@
 # UperNet + Vim-S on ADE20K, 8 GPUs x 2 images, 160k iterations (paper:
-# 44.9 mIoU). Pass the released Vim-S file with
+# 44.9 mIoU): the Vim-Ti recipe with the Vim-S backbone and layer decay
+# 0.95. Pass the released Vim-S file with
 #   --cfg-options model.backbone.init_cfg.checkpoint=/path/to/vim_s_midclstok_80p5acc.pth
-_base_ = [
-    '../_base_/models/upernet_vim.py',
-    '../_base_/datasets/ade20k_512x512.py',
-    '../_base_/schedules/schedule_160k_adamw.py',
-    '../_base_/default_runtime_mmseg.py',
-]
+_base_ = ['./upernet_vim-tiny_8xb2-160k_ade20k-512x512.py']
 
-crop_size = (512, 512)
 model = dict(
-    data_preprocessor=dict(size=crop_size),
     backbone=dict(
         arch='small',
-        drop_path_rate=0.1,
-        init_cfg=dict(
-            type='Pretrained',
-            checkpoint='checkpoints/vim_s_midclstok_80p5acc.pth')),
+        init_cfg=dict(checkpoint='checkpoints/vim_s_midclstok_80p5acc.pth')),
     neck=dict(embed_dim=384),
     decode_head=dict(in_channels=[384, 384, 384, 384]),
     auxiliary_head=dict(in_channels=384))
