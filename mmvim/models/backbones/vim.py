@@ -189,15 +189,23 @@ class Vim(BaseModule):
         name = prefix + 'pos_embed'
         if name not in state_dict:
             return
-        loaded = state_dict[name]
+        state_dict[name], src_grid = self._fit_pos_embed(state_dict[name], name)
+        if src_grid:
+            print_log(f'{name}: {self._grid_text(src_grid)} resized to '
+                      f'{self._grid_text(self.grid_size)}', logger='current')
+
+    def _fit_pos_embed(self, loaded, name='pos_embed'):
+        """A loaded pos_embed resized to this model's grid.
+
+        Returns (pos_embed, the source grid, or None when nothing was
+        resized: same grid, or a width mismatch load_state_dict reports).
+        """
         if loaded.shape == self.pos_embed.shape or loaded.dim() != 3 \
                 or loaded.shape[-1] != self.embed_dims:
-            return  # same grid, or a mismatch load_state_dict will report
+            return loaded, None
         src_grid = infer_square_grid(loaded.shape[1] - 1, name)
-        state_dict[name] = resize_pos_embed(loaded, src_grid, self.grid_size,
-                                            self.interpolate_mode)
-        print_log(f'{name}: {self._grid_text(src_grid)} resized to '
-                  f'{self._grid_text(self.grid_size)}', logger='current')
+        return resize_pos_embed(loaded, src_grid, self.grid_size,
+                                self.interpolate_mode), src_grid
 
     @staticmethod
     def _grid_text(grid):
@@ -228,14 +236,11 @@ class Vim(BaseModule):
             checkpoint_state_dict(checkpoint, use_ema))
         self._check_weights_fit(weights, checkpoint_path)
 
-        resized = ''
-        loaded_pos = weights['pos_embed']
-        if loaded_pos.shape != self.pos_embed.shape:
-            src_grid = infer_square_grid(loaded_pos.shape[1] - 1)
-            weights['pos_embed'] = resize_pos_embed(
-                loaded_pos, src_grid, self.grid_size, self.interpolate_mode)
-            resized = (f'; pos_embed resized from {self._grid_text(src_grid)}'
-                       f' to {self._grid_text(self.grid_size)}')
+        # resized here so that the one log line below says so
+        weights['pos_embed'], src_grid = self._fit_pos_embed(
+            weights['pos_embed'])
+        resized = (f'; pos_embed resized from {self._grid_text(src_grid)} to '
+                   f'{self._grid_text(self.grid_size)}') if src_grid else ''
         self.load_state_dict(weights, strict=True)
         dropped_text = ', '.join(dropped) if dropped else 'nothing'
         print_log(
