@@ -1,5 +1,6 @@
 from .bimamba_mixer import BiMambaMixer
 from .drop_path import DropPath
+from .layer_norm_2d import LayerNorm2d
 from .patch_embed import VimPatchEmbed
 from .pos_embed import (infer_square_grid, insert_middle_cls,
                         resize_pos_embed, split_middle_cls)
@@ -7,7 +8,7 @@ from .rms_norm import RMSNorm
 from .vim_block import VimBlock
 
 __all__ = [
-    'BiMambaMixer', 'DropPath', 'VimPatchEmbed', 'RMSNorm', 'VimBlock',
+    'BiMambaMixer', 'DropPath', 'LayerNorm2d', 'VimPatchEmbed', 'RMSNorm', 'VimBlock',
     'resize_pos_embed', 'split_middle_cls', 'insert_middle_cls',
     'infer_square_grid'
 ]
