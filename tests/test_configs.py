@@ -35,6 +35,8 @@ def test_config_builds_and_runs(path):
     if num_outs > 1:
         model_cfg.backbone.out_indices = list(range(num_outs))
     model_cfg.backbone.init_cfg = None
+    if cfg.get('data_preprocessor') is not None:  # as Runner.build_model
+        model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
     with DefaultScope.overwrite_default_scope(scope):
         model = registry.MODELS.build(model_cfg).eval()
         size = cfg.model.backbone.get('img_size', 64)

@@ -13,7 +13,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmvim  # noqa: F401  (registers the Vim modules, safe checkpoint loading)
-from mmvim.engine import check_data_roots, init_cpu_distributed
+from mmvim.engine import (check_data_roots, check_load_from,
+                          init_cpu_distributed)
 
 
 def parse_args():
@@ -82,6 +83,7 @@ def main():
     cfg = apply_args(Config.fromfile(args.config), args)
     try:
         check_data_roots(cfg, loaders=('train_dataloader', 'val_dataloader'))
+        check_load_from(cfg)
     except FileNotFoundError as error:
         raise SystemExit(f'error: {error}')
     init_cpu_distributed(cfg, args.launcher)

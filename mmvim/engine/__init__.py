@@ -1,10 +1,16 @@
+from .atomic_local_backend import (AtomicLocalBackend,
+                                   register_atomic_local_backend)
 from .checkpoint_loading import (checkpoint_safe_globals, load_checkpoint_file,
                                  register_safe_checkpoint_loader)
-from .data_root_check import check_data_roots
-from .distributed import init_cpu_distributed
+from .data_root_check import check_data_roots, check_load_from
+from .distributed import (CPUDistributedDataParallel, init_cpu_distributed,
+                          slurm_dist_env)
+from .hooks import RNGStateHook, get_rng_states, set_rng_states
 from .optimizers import *  # noqa: F401,F403
 
 __all__ = [
-    'check_data_roots', 'init_cpu_distributed', 'checkpoint_safe_globals', 'load_checkpoint_file',
-    'register_safe_checkpoint_loader'
+    'check_data_roots', 'check_load_from', 'init_cpu_distributed', 'checkpoint_safe_globals', 'load_checkpoint_file',
+    'register_safe_checkpoint_loader', 'AtomicLocalBackend',
+    'register_atomic_local_backend', 'CPUDistributedDataParallel',
+    'slurm_dist_env', 'RNGStateHook', 'get_rng_states', 'set_rng_states'
 ]

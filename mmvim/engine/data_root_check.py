@@ -44,3 +44,19 @@ def check_data_roots(cfg, loaders=('train_dataloader', 'val_dataloader',
             raise FileNotFoundError(
                 f'{loader}.dataset.data_root={root!r} does not exist '
                 f'({dataset_type}). To fix: {how}.')
+
+
+def check_load_from(cfg):
+    """Fail before building the runner when ``load_from`` (the weights a
+    fine-tuning config starts from) names a missing file. With ``resume``
+    the file is the checkpoint to resume, checked by the resume code."""
+    load_from = cfg.get('load_from')
+    if not load_from or cfg.get('resume') or '://' in str(load_from):
+        return
+    if not osp.isfile(load_from):
+        raise FileNotFoundError(
+            f'load_from={load_from!r} does not exist. To fix: convert the '
+            'released Vim file this config starts from with tools/'
+            'model_converters/vim2mmvim.py RELEASED.pth '
+            f'{load_from} (see the comment at the top of the config), or '
+            'pass --cfg-options load_from=PATH')
