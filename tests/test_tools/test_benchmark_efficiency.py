@@ -1,0 +1,194 @@
+"""tools/analysis_tools/benchmark_efficiency.py and get_flops.py: a CPU
+smoke run of the benchmark, the eager / SDPA attention switch, OOM handling
+and the selective-scan FLOP count against the paper's formula. Timings are
+never asserted."""
+import importlib.util
+import json
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+TOOLS = osp.join(ROOT, 'tools', 'analysis_tools')
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(
+        name, osp.join(TOOLS, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def bench():
+    return _tool('benchmark_efficiency')
+
+
+@pytest.fixture(scope='module')
+def flops():
+    return _tool('get_flops')
+
+
+def test_cpu_smoke_run_writes_table_json_and_png(tmp_path):
+    out = tmp_path / 'eff.json'
+    result = subprocess.run(
+        [sys.executable, osp.join(TOOLS, 'benchmark_efficiency.py'),
+         '--device', 'cpu', '--models', 'vim-ti', 'deit-ti-eager',
+         '--resolutions', '32', '--depth', '1', '--warmup', '0',
+         '--repeats', '1', '--necks', 'none', 'fpn', '--modes', 'inference',
+         'train', '--scan-impl', 'auto', '--out', str(out)],
+        capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'images/s' in result.stdout and 'Vim against DeiT' in \
+        result.stdout
+
+    report = json.loads(out.read_text())
+    for key in ('device', 'device_name', 'torch', 'scan_impl', 'batch',
+                'memory_definition', 'time_definition', 'rows', 'ratios',
+                'targets'):
+        assert key in report
+    assert report['device'] == 'cpu' and report['depth_override'] == 1
+    assert report['scan_impl'] in ('cpu', 'ref')
+    rows = report['rows']
+    # 2 models x 2 necks x 2 modes x 1 resolution x float32
+    assert len(rows) == 8
+    assert {(r['model'], r['neck'], r['mode']) for r in rows} == {
+        (m, n, mode) for m in ('vim-ti', 'deit-ti-eager')
+        for n in ('none', 'fpn') for mode in ('inference', 'train')}
+    for row in rows:
+        assert row['status'] == 'ok'
+        assert row['resolution'] == 32 and row['tokens'] == 5
+        assert row['fps'] > 0 and len(row['times']) == 1
+        # the parameters alone are above 0.1 MiB
+        assert row['memory_mib'] is not None and row['memory_mib'] > 0.1
+        assert (row['scan_impl'] is None) == (row['family'] == 'deit')
+        assert (row['attention'] == 'eager') == (row['family'] == 'deit')
+    assert len(report['ratios']) == 4
+    assert all(r['fps_ratio'] > 0 and r['memory_fraction'] > 0
+               for r in report['ratios'])
+    assert report['targets'] == []  # no 1248x1248 row
+
+    png = tmp_path / 'eff.png'
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_eager_attention_matches_sdpa(bench):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 17, 8, generator=g) for _ in range(3))
+    torch.testing.assert_close(
+        bench.eager_attention(q, k, v),
+        torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    torch.testing.assert_close(
+        bench.eager_attention(q, k, v, scale=0.3),
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=.3))
+
+
+def test_attention_switch_gives_the_same_deit(bench):
+    model = bench.build_model('deit-ti-sdpa', 48, 'fpn', depth=2)
+    model.eval()
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        sdpa = model(x)
+        assert bench.set_attention(model, 'eager') == 2
+        eager = model(x)
+    attentions = [m for m in model.modules()
+                  if hasattr(m, 'scaled_dot_product_attention')]
+    assert attentions and all(m.scaled_dot_product_attention is
+                              bench.eager_attention for m in attentions)
+    assert len(eager) == 5
+    for a, b in zip(eager, sdpa):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match='choose from eager, sdpa'):
+        bench.set_attention(model, 'flash')
+
+
+def test_both_families_see_the_same_patch_grid(bench):
+    # 738 is not a multiple of 16: DeiT must not pad to a 47x47 grid
+    for name in ('vim-ti', 'deit-ti-eager'):
+        model = bench.build_model(name, 738, 'none', depth=1)
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.randn(1, 3, 738, 738))
+        assert out[-1].shape == (1, 192, 46, 46)
+    assert bench.num_tokens(738) == 46 * 46 + 1
+    assert bench.num_tokens(1248) == 6084 + 1
+
+
+def test_series_stops_growing_at_out_of_memory(bench, monkeypatch):
+    args = bench.parse_args(['--device', 'cpu', '--resolutions', '32', '48',
+                             '--grow-step', '16', '--max-resolution', '128',
+                             '--depth', '1'])
+
+    def measure(model, x, mode, dtype, args):
+        if x.shape[-1] >= 64:
+            raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried...')
+        return 0.5, [0.5], 1.0
+
+    monkeypatch.setattr(bench, 'measure', measure)
+    rows = bench.run_series('vim-ti', 'none', 'float32', 'inference', args,
+                            'cpu')
+    assert [(r['resolution'], r['status']) for r in rows] == [
+        (32, 'ok'), (48, 'ok'), (64, 'oom')]
+    assert rows[0]['fps'] == 2.0  # batch 1 / 0.5 s
+    # any other error is not swallowed
+    monkeypatch.setattr(bench, 'measure', lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        bench.run_series('vim-ti', 'none', 'float32', 'inference', args,
+                         'cpu')
+
+
+def test_scan_flops_match_the_paper_formula(flops):
+    from mmengine.analysis import FlopAnalyzer
+
+    from mmvim.models.layers import BiMambaMixer
+    batch, tokens, dims, state = 2, 37, 32, 16
+    mixer = BiMambaMixer(dims, d_state=state)
+    x = torch.randn(batch, tokens, dims)
+    counted = flops.count_flops(mixer, (x, ))
+    # the paper: 3M(2D)N + M(2D)N per direction, two directions
+    per_direction = 3 * tokens * (2 * dims) * state + \
+        tokens * (2 * dims) * state
+    assert counted['by_operator']['selective_scan'] == \
+        2 * batch * per_direction
+    assert flops.ssm_flops(tokens, 2 * dims, state) == per_direction
+    assert not any('SelectiveScan' in op for op in counted['uncounted'])
+    # the linear layers are still counted (in_proj, x_proj, dt_proj, out)
+    assert counted['by_operator']['linear'] > 0
+    # an uninstructed counter sees no scan at all
+    plain = FlopAnalyzer(mixer, (x, ))
+    plain.unsupported_ops_warnings(False)
+    plain.uncalled_modules_warnings(False)
+    assert 'selective_scan' not in plain.by_operator()
+    assert plain.total() == counted['flops'] - 2 * batch * per_direction
+
+
+def test_vim_scan_total_matches_formula(flops):
+    from mmvim.models import Vim
+    model = Vim(dict(embed_dims=64, depth=3), img_size=64)
+    model.eval()
+    counted = flops.count_flops(model, (torch.randn(1, 3, 64, 96), ))
+    formula, tokens = flops.vim_ssm_flops_by_formula(model, (64, 96))
+    assert tokens == 4 * 6 + 1
+    assert formula == 3 * 2 * 4 * tokens * 128 * 16
+    assert counted['by_operator']['selective_scan'] == formula
+    assert counted['params'] == sum(p.numel() for p in model.parameters())
+
+
+def test_get_flops_on_a_config(flops, capsys, tmp_path):
+    config = osp.join(ROOT, 'configs', 'vim',
+                      'vim-tiny-p16_1xb32-200it_synthetic-in1k-64px.py')
+    out = tmp_path / 'flops.json'
+    assert flops.main([config, '--out', str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert 'vim-tiny-p16_1xb32-200it_synthetic-in1k-64px.py' in printed
+    result, = json.loads(out.read_text())
+    assert result['input'] == [64, 64] and result['tokens'] == 17
+    assert result['ssm_flops_counted'] == result['ssm_flops_formula'] > 0
+    # the classifier = backbone + a 6-way linear head on the class token
+    assert result['model']['params'] == \
+        result['backbone']['params'] + 192 * 6 + 6
+    assert result['model']['flops'] >= result['backbone']['flops']

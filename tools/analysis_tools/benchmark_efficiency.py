@@ -1,0 +1,661 @@
+"""Speed and memory of Vim against DeiT over resolution (the paper's Fig. 1, 3, 4).
+
+    python tools/analysis_tools/benchmark_efficiency.py [--device cuda|cpu]
+        [--models vim-ti deit-ti-eager deit-ti-sdpa vim-s deit-s-eager deit-s-sdpa]
+        [--resolutions 512 640 738 1024 1248] [--grow-step 256]
+        [--max-resolution 4096] [--necks none fpn] [--dtypes float32 bfloat16]
+        [--modes inference train] [--batch 32] [--warmup 3] [--repeats 10]
+        [--scan-impl auto|ref|cpu|cuda] [--sdpa-backend auto|flash|efficient|math]
+        [--depth N] [--out results.json] [--plot results.png]
+
+Models: Vim-Ti / Vim-S (``mmvim.models.Vim``) and DeiT-Ti / DeiT-S
+(mmpretrain's ``VisionTransformer``), DeiT with two attention paths:
+``eager`` materialises the (B, heads, M, M) attention matrix as the DeiT /
+timm code of the paper's time did; ``sdpa`` is PyTorch's
+``scaled_dot_product_attention`` (flash / memory-efficient kernels on a GPU),
+the stronger baseline one would pick today. Each model is built for the
+resolution it runs at (no position-embedding resize inside the timed call),
+both families on the same patch grid ((H - 16) // 16 + 1 per side); neck
+``none`` is the backbone alone (last layer's stride-16 map), ``fpn`` adds
+mmvim's ``SimpleFPN`` (ViTDet pyramid, 256 channels, 5 levels).
+
+Per (model, neck, dtype, mode) the resolutions run in ascending order; on
+CUDA they keep growing by ``--grow-step`` after the listed ones until the
+model runs out of memory, passes ``--max-resolution`` or one call takes
+longer than ``--max-call-seconds``. An out-of-memory ends that series only.
+
+Measurement: ``--warmup`` untimed calls, then ``--repeats`` calls each timed
+on its own (``torch.cuda.synchronize`` before reading the clock on CUDA,
+``time.perf_counter``); the median gives images / s = batch / median.
+``inference`` is a forward under ``torch.no_grad``, ``train`` a forward +
+backward of a scalar loss (gradients kept, so they count in the memory).
+``bfloat16`` / ``float16`` run under ``torch.autocast`` with float32 weights
+(Vim keeps its residual stream and scan state in float32 by design).
+Memory: what PyTorch's allocator held at the peak of a call, the parameters
+and the input batch included (see ``MEMORY_DEFINITION``).
+
+A table goes to stdout, everything to JSON, and a PNG plots images / s (log
+scale) and peak memory against resolution. Timings are for reading, never
+asserted. Without a GPU it runs the same grid on the CPU (small by default).
+"""
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# name -> what to build; DeiT's attention path is part of the name
+MODEL_SPECS = {
+    'vim-ti': dict(family='vim', arch='tiny', embed_dims=192),
+    'vim-s': dict(family='vim', arch='small', embed_dims=384),
+    'deit-ti-eager': dict(family='deit', arch='deit-tiny', embed_dims=192,
+                          attention='eager'),
+    'deit-ti-sdpa': dict(family='deit', arch='deit-tiny', embed_dims=192,
+                         attention='sdpa'),
+    'deit-s-eager': dict(family='deit', arch='deit-small', embed_dims=384,
+                         attention='eager'),
+    'deit-s-sdpa': dict(family='deit', arch='deit-small', embed_dims=384,
+                        attention='sdpa'),
+}
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16,
+          'float16': torch.float16}
+PAPER_RESOLUTIONS = [512, 640, 738, 1024, 1248]
+# the paper's claims at 1248x1248, Vim-Ti against (eager) DeiT-Ti
+TARGET_RESOLUTION = 1248
+TARGET_FPS_RATIO = 2.8
+TARGET_MEMORY_FRACTION = 0.132
+
+MEMORY_DEFINITION = {
+    'cuda': 'torch.cuda.max_memory_allocated() over the timed calls, reset '
+            'just before them with the model and the input batch on the GPU: '
+            'parameters + input + activations (+ gradients in train mode); '
+            "the caching allocator's reserved memory is higher",
+    'cpu': 'bytes of the parameters, buffers and input batch + the peak of '
+           "PyTorch's CPU allocations during one extra call, from the "
+           'allocation trace of torch.profiler(profile_memory=True); not the '
+           'process RSS',
+}
+TIME_DEFINITION = ('images / s = batch / median of the timed calls; each call '
+                   'timed alone with time.perf_counter (after '
+                   'torch.cuda.synchronize on CUDA), after the warm-up calls')
+
+
+def parse_args(argv=None):
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--device', default='cuda' if cuda else 'cpu',
+                        choices=['cpu', 'cuda'])
+    parser.add_argument('--models', nargs='+', choices=list(MODEL_SPECS),
+                        help='default: all on CUDA; vim-ti, deit-ti-eager, '
+                        'deit-ti-sdpa on the CPU')
+    parser.add_argument('--resolutions', nargs='+', type=int,
+                        help='image side in pixels; default: the paper\'s '
+                        f'{PAPER_RESOLUTIONS} on CUDA, 224 512 on the CPU')
+    parser.add_argument('--train-resolutions', nargs='+', type=int,
+                        help='resolutions of --modes train (default: those '
+                        'of inference)')
+    parser.add_argument('--grow-step', type=int,
+                        help='after the listed resolutions keep adding this '
+                        'many pixels until out of memory (default 256 on '
+                        'CUDA, 0 = off on the CPU)')
+    parser.add_argument('--max-resolution', type=int, default=4096)
+    parser.add_argument('--max-call-seconds', type=float, default=30.,
+                        help='stop growing a series once one call is slower')
+    parser.add_argument('--necks', nargs='+', default=['none', 'fpn'],
+                        choices=['none', 'fpn'])
+    parser.add_argument('--dtypes', nargs='+', choices=list(DTYPES),
+                        help='default: float32 bfloat16 on CUDA, float32 on '
+                        'the CPU')
+    parser.add_argument('--modes', nargs='+', default=['inference'],
+                        choices=['inference', 'train'])
+    parser.add_argument('--batch', type=int,
+                        help='images per call (default 32 on CUDA, 1 on the '
+                        'CPU)')
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=10)
+    parser.add_argument('--scan-impl', default='auto',
+                        choices=['auto', 'ref', 'cpu', 'cuda'],
+                        help='selective scan of Vim (sets MMVIM_SCAN_IMPL); '
+                        "'auto' uses the reference on GPUs for now: pass "
+                        "'cuda' for the kernel")
+    parser.add_argument('--sdpa-backend', default='auto',
+                        choices=['auto', 'flash', 'efficient', 'math'],
+                        help='restrict the SDPA DeiT rows to one backend')
+    parser.add_argument('--depth', type=int,
+                        help='override the number of layers of every model '
+                        '(smoke tests); default: Vim 24, DeiT 12')
+    parser.add_argument('--out', default='work_dirs/benchmark_efficiency.json')
+    parser.add_argument('--plot', default=None,
+                        help='PNG path (default: --out with .png)')
+    args = parser.parse_args(argv)
+
+    on_cuda = args.device == 'cuda'
+    if on_cuda and not torch.cuda.is_available():
+        parser.error('--device cuda but no GPU is visible to PyTorch; use '
+                     '--device cpu')
+    if args.models is None:
+        args.models = list(MODEL_SPECS) if on_cuda else [
+            'vim-ti', 'deit-ti-eager', 'deit-ti-sdpa']
+    if args.resolutions is None:
+        args.resolutions = PAPER_RESOLUTIONS if on_cuda else [224, 512]
+    args.resolutions = sorted(set(args.resolutions))
+    args.train_resolutions = sorted(set(args.train_resolutions or
+                                        args.resolutions))
+    if min(args.resolutions + args.train_resolutions) < 16:
+        parser.error('resolutions must be at least 16 pixels (one patch)')
+    if args.grow_step is None:
+        args.grow_step = 256 if on_cuda else 0
+    if args.dtypes is None:
+        args.dtypes = ['float32', 'bfloat16'] if on_cuda else ['float32']
+    if args.batch is None:
+        args.batch = 32 if on_cuda else 1
+    if args.plot is None:
+        args.plot = os.path.splitext(args.out)[0] + '.png'
+    if args.repeats < 1 or args.warmup < 0 or args.batch < 1:
+        parser.error('--repeats and --batch must be >= 1, --warmup >= 0')
+    return args
+
+
+# --------------------------------------------------------------- attention
+def eager_attention(query, key, value, attn_mask=None, dropout_p=0.,
+                    scale=None, is_causal=False):
+    """``softmax(q k^T * scale) v`` with the attention matrix materialised.
+
+    q, k, v: (B, heads, M, head_dims) -> (B, heads, M, head_dims); the
+    (B, heads, M, M) scores and probabilities are real tensors, as in the
+    DeiT / timm code the paper measured. Same signature as
+    ``F.scaled_dot_product_attention`` for what ViTs use.
+    """
+    if attn_mask is not None or is_causal:
+        raise NotImplementedError('eager_attention serves plain ViT '
+                                  'self-attention: no mask, not causal')
+    scale = query.shape[-1]**-0.5 if scale is None else scale
+    attn = (query * scale) @ key.transpose(-2, -1)
+    attn = attn.softmax(dim=-1)
+    if dropout_p > 0:
+        attn = F.dropout(attn, p=dropout_p)
+    return attn @ value
+
+
+ATTENTION_IMPLS = {'eager': eager_attention,
+                   'sdpa': F.scaled_dot_product_attention}
+
+
+def set_attention(model, impl):
+    """Make every mmpretrain ``MultiheadAttention`` in ``model`` use
+    ``impl`` ('eager' or 'sdpa'); returns how many modules were switched.
+
+    mmpretrain (torch >= 2) calls ``self.scaled_dot_product_attention``,
+    bound at construction to ``F.scaled_dot_product_attention``; an instance
+    attribute replaces it, nothing else changes.
+    """
+    from mmpretrain.models.utils.attention import MultiheadAttention
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention '{impl}', choose from "
+                         f"{', '.join(ATTENTION_IMPLS)}")
+    switched = 0
+    for module in model.modules():
+        if isinstance(module, MultiheadAttention):
+            module.scaled_dot_product_attention = ATTENTION_IMPLS[impl]
+            switched += 1
+    return switched
+
+
+@contextlib.contextmanager
+def sdpa_backend(name):
+    """Restrict ``F.scaled_dot_product_attention`` to one backend ('auto':
+    PyTorch's own choice; 'efficient' exists on CUDA only)."""
+    if name == 'auto':
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    backend = {'flash': SDPBackend.FLASH_ATTENTION,
+               'efficient': SDPBackend.EFFICIENT_ATTENTION,
+               'math': SDPBackend.MATH}[name]
+    with sdpa_kernel(backend):
+        yield
+
+
+# ------------------------------------------------------------------ models
+class BackboneWithNeck(nn.Module):
+    """backbone(x) -> (stride-16 map, ), then the neck if any."""
+
+    def __init__(self, backbone, neck=None):
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+
+    def forward(self, x):
+        feats = self.backbone(x)
+        return self.neck(feats) if self.neck is not None else feats
+
+
+def build_model(name, resolution, neck='none', depth=None):
+    """The benchmarked model ``name`` built for ``resolution`` x
+    ``resolution`` inputs; its forward returns a tuple of maps."""
+    spec = MODEL_SPECS[name]
+    dims = spec['embed_dims']
+    if spec['family'] == 'vim':
+        from mmvim.models import Vim
+        arch = spec['arch'] if depth is None else dict(embed_dims=dims,
+                                                       depth=depth)
+        backbone = Vim(arch, img_size=resolution, out_type='featmap',
+                       out_indices=-1)
+    else:
+        from mmpretrain.models.backbones import VisionTransformer
+        arch = spec['arch']
+        if depth is not None:
+            arch = dict(VisionTransformer.arch_zoo[arch], num_layers=depth)
+        # padding=0: the same patch grid as Vim's, (H - 16) // 16 + 1
+        backbone = VisionTransformer(
+            arch=arch, img_size=resolution, out_type='featmap',
+            with_cls_token=True, patch_cfg=dict(padding=0))
+        set_attention(backbone, spec['attention'])
+    neck_module = None
+    if neck == 'fpn':
+        from mmvim.models import SimpleFPN
+        neck_module = SimpleFPN(in_channels=dims, out_channels=256,
+                                num_outs=5)
+    return BackboneWithNeck(backbone, neck_module)
+
+
+def num_tokens(resolution, patch=16):
+    side = (resolution - patch) // patch + 1
+    return side * side + 1  # + class token
+
+
+# ------------------------------------------------------------- measurement
+def is_out_of_memory(err):
+    if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and (
+        'out of memory' in text or 'not enough memory' in text)
+
+
+def sync(device):
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def tensor_bytes(model, x):
+    return x.numel() * x.element_size() + sum(
+        t.numel() * t.element_size()
+        for t in list(model.parameters()) + list(model.buffers()))
+
+
+def profiled_peak_bytes(fn):
+    """Peak of PyTorch's CPU allocations during ``fn()``, above what was
+    allocated when it started, from the profiler's allocation trace; None
+    when this PyTorch does not expose the trace."""
+    from torch.profiler import ProfilerActivity, profile
+    try:
+        from torch._C._profiler import _EventType
+    except ImportError:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        with profile(activities=[ProfilerActivity.CPU],
+                     profile_memory=True) as prof:
+            fn()
+    allocations = []
+
+    def walk(events):
+        for event in events:
+            if event.tag == _EventType.Allocation:
+                allocations.append((event.start_time_ns,
+                                    event.extra_fields.alloc_size))
+            walk(event.children)
+
+    try:
+        walk(prof.profiler.kineto_results.experimental_event_tree())
+    except AttributeError:
+        return None
+    current = peak = 0
+    for _, size in sorted(allocations):
+        current += size
+        peak = max(peak, current)
+    return peak
+
+
+def make_step(model, x, mode, dtype, device, sdpa):
+    """One benchmarked call: forward (no grad), or forward + backward."""
+    autocast = (torch.autocast(device, dtype=DTYPES[dtype])
+                if dtype != 'float32' else contextlib.nullcontext())
+
+    def run():
+        with sdpa_backend(sdpa), autocast:
+            if mode == 'inference':
+                with torch.no_grad():
+                    return model(x)
+            model.zero_grad(set_to_none=True)
+            outs = model(x)
+            loss = sum(out.float().mean() for out in outs)
+        loss.backward()
+        return loss
+
+    return run
+
+
+def measure(model, x, mode, dtype, args):
+    """Median seconds per call and peak memory (MiB) of one config."""
+    device = args.device
+    step = make_step(model, x, mode, dtype, device, args.sdpa_backend)
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+    if device == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    if device == 'cuda':
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        # gradients of the last step are freed before the trace starts: the
+        # trace cannot see frees of blocks allocated before it
+        model.zero_grad(set_to_none=True)
+        extra = profiled_peak_bytes(step)
+        peak = None if extra is None else tensor_bytes(model, x) + extra
+    if mode == 'train':
+        model.zero_grad(set_to_none=True)
+    return statistics.median(times), times, (
+        None if peak is None else peak / 2**20)
+
+
+def release_memory(device):
+    gc.collect()
+    if device == 'cuda':
+        torch.cuda.empty_cache()
+
+
+def resolutions_of(args, mode):
+    """The listed resolutions, then (if growing) ever larger ones."""
+    listed = args.train_resolutions if mode == 'train' else args.resolutions
+    yield from listed
+    if args.grow_step > 0:
+        res = listed[-1] + args.grow_step
+        while res <= args.max_resolution:
+            yield res
+            res += args.grow_step
+
+
+def run_series(name, neck, dtype, mode, args, scan_impl):
+    """All resolutions of one (model, neck, dtype, mode); stops at the first
+    out-of-memory (or too slow a call)."""
+    spec = MODEL_SPECS[name]
+    listed_max = max(args.train_resolutions if mode == 'train' else
+                     args.resolutions)
+    rows = []
+    for res in resolutions_of(args, mode):
+        row = dict(model=name, family=spec['family'],
+                   attention=spec.get('attention'),
+                   scan_impl=scan_impl if spec['family'] == 'vim' else None,
+                   neck=neck, dtype=dtype, mode=mode, resolution=res,
+                   tokens=num_tokens(res), batch=args.batch)
+        oom = False
+        try:
+            torch.manual_seed(0)
+            model = build_model(name, res, neck, args.depth).to(args.device)
+            model.train(mode == 'train')
+            x = torch.randn(args.batch, 3, res, res, device=args.device)
+            seconds, times, memory = measure(model, x, mode, dtype, args)
+            row.update(status='ok', seconds=seconds, times=times,
+                       fps=args.batch / seconds, memory_mib=memory)
+        except Exception as err:  # noqa: BLE001 (only OOM is handled)
+            if not is_out_of_memory(err):
+                raise
+            oom = True
+            row.update(status='oom', error=str(err).split('\n')[0][:200])
+        model = x = None
+        release_memory(args.device)
+        rows.append(row)
+        print(format_row(row), flush=True)
+        # the listed resolutions all run; growth stops at a slow call
+        if oom or (row['seconds'] > args.max_call_seconds
+                   and res >= listed_max):
+            break
+    return rows
+
+
+# ----------------------------------------------------------------- reports
+def format_memory(mib):
+    return 'n/a' if mib is None else f'{mib:.0f}'
+
+
+def format_row(row):
+    head = (f"{row['model']:<14}{row['neck']:<6}{row['dtype']:<10}"
+            f"{row['mode']:<10}{row['resolution']:>6}{row['tokens']:>7}"
+            f"{row['batch']:>6}")
+    if row['status'] != 'ok':
+        return head + f"{'OOM':>12}{'':>10}{'':>12}"
+    return head + (f"{row['fps']:>12.2f}{row['seconds'] * 1e3:>10.1f}"
+                   f"{format_memory(row['memory_mib']):>12}")
+
+
+TABLE_HEADER = (f"{'model':<14}{'neck':<6}{'dtype':<10}{'mode':<10}"
+                f"{'res':>6}{'tokens':>7}{'batch':>6}{'images/s':>12}"
+                f"{'ms/call':>10}{'memory MiB':>12}")
+
+
+def baselines_of(vim_name):
+    size = vim_name.split('-', 1)[1]
+    return [f'deit-{size}-eager', f'deit-{size}-sdpa']
+
+
+def compare(rows):
+    """Vim against each DeiT of its size, same neck / dtype / mode /
+    resolution: images / s ratio and memory fraction."""
+    index = {(r['model'], r['neck'], r['dtype'], r['mode'], r['resolution']):
+             r for r in rows}
+    ratios = []
+    for (name, neck, dtype, mode, res), vim in index.items():
+        if not name.startswith('vim'):
+            continue
+        for base in baselines_of(name):
+            deit = index.get((base, neck, dtype, mode, res))
+            if deit is None:
+                continue
+            entry = dict(vim=name, baseline=base, neck=neck, dtype=dtype,
+                         mode=mode, resolution=res, fps_ratio=None,
+                         memory_fraction=None, vim_status=vim['status'],
+                         baseline_status=deit['status'])
+            if vim['status'] == deit['status'] == 'ok':
+                entry['fps_ratio'] = vim['fps'] / deit['fps']
+                if vim['memory_mib'] and deit['memory_mib']:
+                    entry['memory_fraction'] = \
+                        vim['memory_mib'] / deit['memory_mib']
+            ratios.append(entry)
+    return sorted(ratios, key=lambda e: (e['mode'] != 'inference',
+                                         e['neck'] != 'none', e['dtype'],
+                                         e['vim'], e['baseline'],
+                                         e['resolution']))
+
+
+def check_targets(ratios, device):
+    """The paper's 1248x1248 claims for Vim-Ti, where measured."""
+    checks = []
+    for e in ratios:
+        if e['vim'] != 'vim-ti' or e['mode'] != 'inference' or \
+                e['resolution'] != TARGET_RESOLUTION:
+            continue
+        check = dict(e, device=device)
+        if e['baseline'] == 'deit-ti-eager':
+            check['fps_target'] = f'>= {TARGET_FPS_RATIO}x'
+            check['memory_target'] = f'<= {TARGET_MEMORY_FRACTION:.1%}'
+            if e['fps_ratio'] is not None:
+                check['fps_met'] = e['fps_ratio'] >= TARGET_FPS_RATIO
+            if e['memory_fraction'] is not None:
+                check['memory_met'] = \
+                    e['memory_fraction'] <= TARGET_MEMORY_FRACTION
+        else:  # SDPA: less memory; the speed ratio is only reported
+            check['memory_target'] = '< 100%'
+            if e['memory_fraction'] is not None:
+                check['memory_met'] = e['memory_fraction'] < 1.
+        if e['baseline_status'] == 'oom' and e['vim_status'] == 'ok':
+            check.update(fps_met=True, memory_met=True,
+                         note='the baseline ran out of memory')
+        checks.append(check)
+    return checks
+
+
+def print_report(rows, ratios, targets, info):
+    print(f"\n{info['device_name']} ({info['device']}), batch "
+          f"{info['batch']}, Vim scan: {info['scan_impl']}, SDPA backend: "
+          f"{info['sdpa_backend']}")
+    print(TABLE_HEADER)
+    for row in rows:
+        print(format_row(row))
+    if ratios:
+        print('\nVim against DeiT (images/s ratio, memory fraction)')
+        print(f"{'vim':<8}{'baseline':<15}{'neck':<6}{'dtype':<10}"
+              f"{'mode':<10}{'res':>6}{'speed':>9}{'memory':>9}")
+        for e in ratios:
+            speed = ('DeiT OOM' if e['baseline_status'] == 'oom' else
+                     'Vim OOM' if e['vim_status'] == 'oom' else
+                     f"{e['fps_ratio']:.2f}x")
+            memory = ('-' if e['memory_fraction'] is None else
+                      f"{e['memory_fraction']:.1%}")
+            print(f"{e['vim']:<8}{e['baseline']:<15}{e['neck']:<6}"
+                  f"{e['dtype']:<10}{e['mode']:<10}{e['resolution']:>6}"
+                  f'{speed:>9}{memory:>9}')
+    if targets:
+        print(f'\npaper targets at {TARGET_RESOLUTION}x{TARGET_RESOLUTION} '
+              f"(measured on {info['device_name']})")
+        for t in targets:
+            print(f"  vim-ti vs {t['baseline']} {t['neck']} {t['dtype']}: "
+                  f"speed {t.get('fps_target', 'reported')} -> "
+                  f"{t.get('fps_met', 'n/a')}, memory {t['memory_target']} "
+                  f"-> {t.get('memory_met', 'n/a')}")
+    elif info['device'] == 'cuda':
+        print(f'\nno {TARGET_RESOLUTION}x{TARGET_RESOLUTION} comparison in '
+              "this grid: the paper's targets are not checked")
+
+
+def plot(rows, info, path):
+    """images / s (log) and memory against resolution, one row of axes per
+    (mode, neck), one line per (model, dtype)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r['mode'], r['neck']) for r in rows},
+                    key=lambda p: (p[0] != 'inference', p[1] != 'none'))
+    memories = [r['memory_mib'] for r in rows if r.get('memory_mib')]
+    unit, scale = ('GiB', 1024) if max(memories, default=0) > 2048 else \
+        ('MiB', 1)
+    fig, axes = plt.subplots(len(panels), 2, squeeze=False,
+                             figsize=(11, 3.8 * len(panels)))
+    colors = dict(zip(MODEL_SPECS, plt.rcParams['axes.prop_cycle']
+                      .by_key()['color']))
+    styles = {'float32': '-', 'bfloat16': '--', 'float16': ':'}
+    resolutions = sorted({r['resolution'] for r in rows})
+    for (mode, neck), (ax_fps, ax_mem) in zip(panels, axes):
+        series = sorted({(r['model'], r['dtype']) for r in rows
+                         if (r['mode'], r['neck']) == (mode, neck)})
+        for name, dtype in series:
+            pts = [r for r in rows if (r['model'], r['dtype'], r['mode'],
+                                       r['neck']) == (name, dtype, mode,
+                                                      neck)]
+            ok = [r for r in pts if r['status'] == 'ok']
+            oom = [r['resolution'] for r in pts if r['status'] == 'oom']
+            label = f'{name} {dtype}' + (f' (OOM at {oom[0]})' if oom
+                                         else '')
+            style = dict(color=colors[name], linestyle=styles[dtype],
+                         marker='o', markersize=4)
+            ax_fps.plot([r['resolution'] for r in ok],
+                        [r['fps'] for r in ok], label=label, **style)
+            mem = [r for r in ok if r['memory_mib'] is not None]
+            ax_mem.plot([r['resolution'] for r in mem],
+                        [r['memory_mib'] / scale for r in mem], label=label,
+                        **style)
+        title = f"{'backbone' if neck == 'none' else 'backbone + FPN'}, " \
+                f'{mode}'
+        ax_fps.set(title=f'{title}: speed', xlabel='resolution (px)',
+                   ylabel='images / s (log)', yscale='log')
+        ax_mem.set(title=f'{title}: peak memory', xlabel='resolution (px)',
+                   ylabel=unit, ylim=(0, None))
+        for ax in (ax_fps, ax_mem):
+            ax.set_xticks(resolutions)
+            ax.tick_params(axis='x', labelrotation=45)
+            ax.grid(True, alpha=.3)
+        ax_mem.legend(fontsize=7)
+    fig.suptitle(f"{info['device_name']}, batch {info['batch']}, Vim scan "
+                 f"{info['scan_impl']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def device_info(args, scan_impl):
+    if args.device == 'cuda':
+        name = torch.cuda.get_device_name()
+    else:
+        name = platform.processor() or platform.machine()
+        name = f'CPU {name}, {torch.get_num_threads()} threads'
+    return dict(
+        device=args.device, device_name=name, torch=torch.__version__,
+        threads=torch.get_num_threads(), scan_impl=scan_impl,
+        sdpa_backend=args.sdpa_backend, batch=args.batch,
+        warmup=args.warmup, repeats=args.repeats, depth_override=args.depth,
+        tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+        memory_definition=MEMORY_DEFINITION[args.device],
+        time_definition=TIME_DEFINITION,
+        half_precision='torch.autocast with float32 weights',
+        date=datetime.date.today().isoformat(),
+        # other work on the machine slows the CPU numbers: say how busy it was
+        load_average_at_start=list(os.getloadavg()))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # the scan dispatcher reads the variable at each call
+    os.environ['MMVIM_SCAN_IMPL'] = args.scan_impl
+    import mmvim  # noqa: F401 (registers Vim, SimpleFPN, LN2d)
+    from mmvim.ops import select_scan_impl
+    scan_impl = select_scan_impl(args.device)
+    if args.device == 'cuda':
+        torch.backends.cudnn.benchmark = True
+        if scan_impl == 'ref' and any(m.startswith('vim')
+                                      for m in args.models):
+            print('WARNING: Vim runs with the pure-PyTorch reference scan '
+                  '(a Python loop over the tokens): its numbers say nothing '
+                  'about Vim. Pass --scan-impl cuda for the kernel.')
+    info = device_info(args, scan_impl)
+    print(TABLE_HEADER)
+    rows = []
+    for mode in args.modes:
+        for neck in args.necks:
+            for dtype in args.dtypes:
+                for name in args.models:
+                    rows += run_series(name, neck, dtype, mode, args,
+                                       scan_impl)
+    ratios = compare(rows)
+    targets = check_targets(ratios, info['device_name'])
+    print_report(rows, ratios, targets, info)
+
+    for path in (args.out, args.plot):
+        if os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+    info['load_average_at_end'] = list(os.getloadavg())
+    with open(args.out, 'w') as f:
+        json.dump(dict(info, rows=rows, ratios=ratios, targets=targets), f,
+                  indent=2)
+    plot(rows, info, args.plot)
+    print(f'\nwrote {args.out} and {args.plot}')
+
+
+if __name__ == '__main__':
+    main()
