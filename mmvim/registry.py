@@ -7,5 +7,6 @@ makes ``type='Vim'`` buildable by bare name under every ``default_scope``,
 without importing (or requiring) any of the downstream packages.
 """
 from mmengine.registry import DATASETS, HOOKS, METRICS, MODELS  # noqa: F401
+from mmengine.registry import MODEL_WRAPPERS  # noqa: F401
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS  # noqa: F401
 from mmengine.registry import TRANSFORMS  # noqa: F401
