@@ -9,6 +9,9 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='VisualizationHook', enable=False),
+    # checkpoints carry the RNG states: a resumed run repeats an
+    # uninterrupted one
+    rng_state=dict(type='RNGStateHook'),
 )
 env_cfg = dict(
     cudnn_benchmark=False,

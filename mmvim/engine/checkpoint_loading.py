@@ -14,6 +14,7 @@ files contain. Any other class still makes the load fail.
 """
 import argparse
 import importlib
+import os
 import os.path as osp
 import pickle
 
@@ -88,8 +89,24 @@ def load_checkpoint_file(filename, map_location=None):
         except (EOFError, RuntimeError, ValueError) as error:
             raise RuntimeError(
                 f'checkpoint {filename} is corrupt or truncated ({error}); '
-                'it was left untouched; use an older checkpoint of the same '
-                'run or save it again') from error
+                f'it was left untouched; {_other_checkpoints(filename)}'
+            ) from error
+
+
+def _other_checkpoints(filename):
+    """What to do instead: the other checkpoints next to ``filename``,
+    newest first."""
+    folder = osp.dirname(osp.abspath(filename))
+    others = sorted(
+        (osp.join(folder, name) for name in os.listdir(folder)
+         if name.endswith('.pth') and
+         not osp.samefile(osp.join(folder, name), filename)),
+        key=osp.getmtime, reverse=True)
+    if not others:
+        return 'save it again'
+    return ('use an older checkpoint of the same run instead (e.g. '
+            f'--resume {others[0]}; all in that folder: '
+            f'{", ".join(osp.basename(p) for p in others)}) or save it again')
 
 
 def register_safe_checkpoint_loader():

@@ -23,4 +23,7 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=16000,
                     max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'))
+    visualization=dict(type='SegVisualizationHook'),
+    # checkpoints carry the RNG states: a resumed run repeats an
+    # uninterrupted one
+    rng_state=dict(type='RNGStateHook'))
