@@ -56,8 +56,8 @@ def slurm_dist_env(environ=None):
                 f'{environ["SLURM_NODELIST"]!r} with scontrol ({error}); '
                 'set MASTER_ADDR to the first node of the job') from error
         env['MASTER_ADDR'] = hosts[0]
-    env['MASTER_PORT'] = environ.get(
-        'MASTER_PORT', str(20000 + int(environ.get('SLURM_JOB_ID', 0)) % 10000))
+    job = int(environ.get('SLURM_JOB_ID', 0))
+    env['MASTER_PORT'] = environ.get('MASTER_PORT', str(20000 + job % 10000))
     return env
 
 

@@ -1,0 +1,56 @@
+"""Small, real training runs for the launch tests (multi-process, Slurm,
+resume after a kill): a 2-layer, 32-wide Vim classifier on the synthetic
+ImageNet set, single-process data loading, a few iterations."""
+import os
+import os.path as osp
+import socket
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+HERE = osp.dirname(osp.abspath(__file__))
+CLASSIFIER_CONFIG = osp.join(
+    ROOT, 'configs', 'vim', 'vim-tiny-p16_1xb32-200it_synthetic-in1k-64px.py')
+
+
+def tiny_classifier_config(path, extra=''):
+    """Write the classification demo config with a 2-layer, 32-wide Vim (and
+    the hooks of ``run_probes`` importable) to ``path``; ``extra`` is
+    appended config text."""
+    with open(path, 'w') as f:
+        f.write(f"""_base_ = [{CLASSIFIER_CONFIG!r}]
+custom_imports = dict(imports=['mmvim', 'run_probes'],
+                      allow_failed_imports=False)
+model = dict(
+    backbone=dict(arch=dict(_delete_=True, embed_dims=32, depth=2)),
+    head=dict(in_channels=32))
+{extra}""")
+    return str(path)
+
+
+def options(data_root, max_iters, *extra, val_interval=1000):
+    """``--cfg-options`` for a short run on ``data_root``: batch 4, data
+    loaded in the main process, a checkpoint every 2 iterations."""
+    return ['--cfg-options', f'train_cfg.max_iters={max_iters}',
+            f'train_cfg.val_interval={val_interval}',
+            'train_dataloader.batch_size=4',
+            'default_hooks.checkpoint.interval=2',
+            'default_hooks.logger.interval=1',
+            *[f'{loader}.{key}'
+              for loader in ('train_dataloader', 'val_dataloader',
+                             'test_dataloader')
+              for key in ('num_workers=0', 'persistent_workers=False',
+                          f'dataset.data_root={data_root}')],
+            *extra]
+
+
+def probe_env(**overrides):
+    """The environment of a run whose config imports ``run_probes``."""
+    env = dict(os.environ, **overrides)
+    env['PYTHONPATH'] = os.pathsep.join(
+        p for p in (HERE, env.get('PYTHONPATH')) if p)
+    return env
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
