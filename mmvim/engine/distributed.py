@@ -82,8 +82,8 @@ def init_cpu_distributed(cfg, launcher):
     wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
     print_log(f'no CUDA device: torch.distributed uses gloo on the CPU '
-              f'(rank {dist.get_rank()} of {dist.get_world_size()}, '
-              f'world size {dist.get_world_size()}, launcher {launcher})',
+              f'(rank {dist.get_rank()}, world size '
+              f'{dist.get_world_size()}, launcher {launcher})',
               logger='current')
     return True
 
