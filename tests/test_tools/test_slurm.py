@@ -193,6 +193,9 @@ def test_slurm_train_and_test_with_two_tasks(slurm, synthetic_in1k,
         [(0, 2, 'gloo'), (1, 2, 'gloo')]
     assert records[0]['slurm_job'] == records[1]['slurm_job'] is not None
     assert all(len(r['batches']) == 2 for r in records)
+    for step in range(2):  # each rank its own images, one set of weights
+        assert not set(records[0]['batches'][step]) & set(
+            records[1]['batches'][step])
     assert records[0]['weights'] == records[1]['weights']
     ckpt = osp.join(work_dir, 'iter_2.pth')
     assert osp.isfile(ckpt)
