@@ -37,24 +37,33 @@ def test_config_builds_and_runs(path):
     model_cfg.backbone.init_cfg = None
     if cfg.get('data_preprocessor') is not None:  # as Runner.build_model
         model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
+    size = cfg.model.backbone.get('img_size', 64)
+    size = min(size if isinstance(size, int) else size[0], 128)
     with DefaultScope.overwrite_default_scope(scope):
         model = registry.MODELS.build(model_cfg).eval()
-        size = cfg.model.backbone.get('img_size', 64)
-        size = min(size if isinstance(size, int) else size[0], 128)
-        with torch.no_grad():
-            out = model(torch.randn(1, 3, size, size), mode='tensor')
-    outs = out if isinstance(out, (tuple, list)) else [out]
-    assert all(torch.isfinite(o).all() for o in outs)
-    # the training data path: the data preprocessor batches raw images
-    batch = _raw_batch(scope, size)
-    with DefaultScope.overwrite_default_scope(scope):
+        if scope != 'mmdet':  # detectors need data samples for any forward
+            with torch.no_grad():
+                out = model(torch.randn(1, 3, size, size), mode='tensor')
+            outs = out if isinstance(out, (tuple, list)) else [out]
+            assert all(torch.isfinite(o).all() for o in outs)
+        # the training data path: the data preprocessor batches raw images
+        # (with the config's batch augments) into a loss computation
+        batch = _raw_batch(scope, size)
         data = model.data_preprocessor(batch, training=True)
-    assert data['inputs'].shape[0] == 2
+        assert data['inputs'].shape[0] == 2
+        if scope == 'mmdet':
+            model.train()
+            with torch.no_grad():
+                losses = model(**data, mode='loss')
+            _, log_vars = model.parse_losses(losses)
+            assert all(torch.isfinite(torch.as_tensor(v))
+                       for v in log_vars.values()), log_vars
 
 
 def _raw_batch(scope, size):
     """Two uint8 images with their annotations, as a dataloader hands them
-    over (of different sizes for segmentation, which pads to crop size)."""
+    over (of different sizes for segmentation, which pads to crop size; one
+    box and mask per image for detection)."""
     second = (size - 8, size) if scope == 'mmseg' else (size, size)
     images = [torch.randint(0, 255, (3, size, size), dtype=torch.uint8),
               torch.randint(0, 255, (3, *second), dtype=torch.uint8)]
@@ -66,6 +75,19 @@ def _raw_batch(scope, size):
             sample = SegDataSample()
             sample.gt_sem_seg = PixelData(
                 data=torch.zeros(1, *image.shape[1:], dtype=torch.long))
+        elif scope == 'mmdet':
+            import numpy as np
+            from mmdet.structures import DetDataSample
+            from mmdet.structures.mask import BitmapMasks
+            from mmengine.structures import InstanceData
+            h, w = image.shape[1:]
+            sample = DetDataSample(metainfo=dict(
+                img_shape=(h, w), ori_shape=(h, w), scale_factor=(1., 1.)))
+            masks = np.zeros((1, h, w), np.uint8)
+            masks[0, 8:h // 2, 16:w // 2] = 1
+            sample.gt_instances = InstanceData(
+                bboxes=torch.tensor([[16., 8., w / 2, h / 2]]),
+                labels=torch.tensor([1]), masks=BitmapMasks(masks, h, w))
         elif scope == 'mmpretrain':
             from mmpretrain.structures import DataSample
             sample = DataSample().set_gt_label(1)

@@ -3,8 +3,9 @@
     python tools/demo/image_demo.py IMG CONFIG CHECKPOINT --out-file OUT.png
 
 The config's ``default_scope`` decides the task: segmentation (mmseg) draws
-the class map over the image, classification (mmpretrain) writes the top
-class and score on it.
+the class map over the image, detection (mmdet) draws the boxes and masks
+scoring at least ``--score-thr``, classification (mmpretrain) writes the
+top class and score on it.
 """
 import argparse
 import os
@@ -24,6 +25,8 @@ def parse_args():
     parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0')
     parser.add_argument('--opacity', type=float, default=0.5,
                         help='opacity of the segmentation overlay, (0, 1]')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='detections scoring below it are not drawn')
     return parser.parse_args()
 
 
@@ -35,6 +38,21 @@ def segmentation_demo(args, cfg):
                        draw_gt=False, show=False, out_file=args.out_file,
                        with_labels=False)
     return result.pred_sem_seg.data
+
+
+def detection_demo(args, cfg):
+    import mmcv
+    from mmdet.apis import inference_detector, init_detector
+    from mmdet.registry import VISUALIZERS
+    model = init_detector(cfg, args.checkpoint, device=args.device)
+    result = inference_detector(model, args.img)
+    visualizer = VISUALIZERS.build(model.cfg.visualizer)
+    visualizer.dataset_meta = model.dataset_meta
+    visualizer.add_datasample(
+        'result', mmcv.imread(args.img, channel_order='rgb'), result,
+        draw_gt=False, show=False, pred_score_thr=args.score_thr,
+        out_file=args.out_file)
+    return result.pred_instances
 
 
 def classification_demo(args, cfg):
@@ -60,7 +78,8 @@ def main():
     if osp.dirname(args.out_file):
         os.makedirs(osp.dirname(args.out_file), exist_ok=True)
     scope = cfg.get('default_scope')
-    demos = {'mmseg': segmentation_demo, 'mmpretrain': classification_demo}
+    demos = {'mmseg': segmentation_demo, 'mmdet': detection_demo,
+             'mmpretrain': classification_demo}
     if scope not in demos:
         raise SystemExit(f'error: image_demo.py supports default_scope '
                          f"{sorted(demos)}, not {scope!r}")
