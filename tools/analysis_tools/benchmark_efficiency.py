@@ -19,10 +19,11 @@ both families on the same patch grid ((H - 16) // 16 + 1 per side); neck
 ``none`` is the backbone alone (last layer's stride-16 map), ``fpn`` adds
 mmvim's ``SimpleFPN`` (ViTDet pyramid, 256 channels, 5 levels).
 
-Per (model, neck, dtype, mode) the resolutions run in ascending order; on
-CUDA they keep growing by ``--grow-step`` after the listed ones until the
-model runs out of memory, passes ``--max-resolution`` or one call takes
-longer than ``--max-call-seconds``. An out-of-memory ends that series only.
+Per (neck, dtype, mode) the resolutions run in ascending order, the models
+taking turns at each; on CUDA they keep growing by ``--grow-step`` after
+the listed ones until a model runs out of memory, passes
+``--max-resolution`` or one call takes longer than ``--max-call-seconds``.
+An out-of-memory ends that model's series only.
 
 Measurement: ``--warmup`` untimed calls, then ``--repeats`` calls each timed
 on its own (``torch.cuda.synchronize`` before reading the clock on CUDA,
@@ -130,12 +131,19 @@ def parse_args(argv=None):
     parser.add_argument('--sdpa-backend', default='auto',
                         choices=['auto', 'flash', 'efficient', 'math'],
                         help='restrict the SDPA DeiT rows to one backend')
+    parser.add_argument('--threads', type=int,
+                        help='CPU threads of PyTorch (default: its own '
+                        'choice); 1 is steadier on a machine shared with '
+                        'other work')
     parser.add_argument('--depth', type=int,
                         help='override the number of layers of every model '
                         '(smoke tests); default: Vim 24, DeiT 12')
     parser.add_argument('--out', default='work_dirs/benchmark_efficiency.json')
     parser.add_argument('--plot', default=None,
                         help='PNG path (default: --out with .png)')
+    parser.add_argument('--replot', metavar='JSON',
+                        help='measure nothing: print the report and draw '
+                        'the PNG of an earlier run')
     args = parser.parse_args(argv)
 
     on_cuda = args.device == 'cuda'
@@ -159,7 +167,7 @@ def parse_args(argv=None):
     if args.batch is None:
         args.batch = 32 if on_cuda else 1
     if args.plot is None:
-        args.plot = os.path.splitext(args.out)[0] + '.png'
+        args.plot = os.path.splitext(args.replot or args.out)[0] + '.png'
     if args.repeats < 1 or args.warmup < 0 or args.batch < 1:
         parser.error('--repeats and --batch must be >= 1, --warmup >= 0')
     return args
@@ -376,8 +384,10 @@ def measure(model, x, mode, dtype, args):
 
 
 def release_memory(device):
-    gc.collect()
+    """Hand a finished model's memory back (after an OOM, the exception's
+    frames held it); the CPU allocator returns it on its own."""
     if device == 'cuda':
+        gc.collect()
         torch.cuda.empty_cache()
 
 
@@ -392,41 +402,53 @@ def resolutions_of(args, mode):
             res += args.grow_step
 
 
-def run_series(name, neck, dtype, mode, args, scan_impl):
-    """All resolutions of one (model, neck, dtype, mode); stops at the first
-    out-of-memory (or too slow a call)."""
+def run_one(name, neck, dtype, mode, res, args, scan_impl):
+    """One row: build, measure, release; an out-of-memory is a row with
+    status 'oom', any other error propagates."""
     spec = MODEL_SPECS[name]
+    row = dict(model=name, family=spec['family'],
+               attention=spec.get('attention'),
+               scan_impl=scan_impl if spec['family'] == 'vim' else None,
+               neck=neck, dtype=dtype, mode=mode, resolution=res,
+               tokens=num_tokens(res), batch=args.batch)
+    try:
+        torch.manual_seed(0)
+        model = build_model(name, res, neck, args.depth).to(args.device)
+        model.train(mode == 'train')
+        x = torch.randn(args.batch, 3, res, res, device=args.device)
+        seconds, times, memory = measure(model, x, mode, dtype, args)
+        row.update(status='ok', seconds=seconds, times=times,
+                   fps=args.batch / seconds, memory_mib=memory)
+    except Exception as err:  # noqa: BLE001 (only OOM is handled)
+        if not is_out_of_memory(err):
+            raise
+        row.update(status='oom', error=str(err).split('\n')[0][:200])
+    model = x = None
+    release_memory(args.device)
+    print(format_row(row), flush=True)
+    return row
+
+
+def run_grid(neck, dtype, mode, args, scan_impl):
+    """Every model at every resolution of one (neck, dtype, mode), the
+    models taking turns at each resolution (a slow spell of the machine
+    then hits all of them alike). A model stops at its first out-of-memory,
+    or, past the listed resolutions, at a call slower than
+    ``--max-call-seconds``."""
     listed_max = max(args.train_resolutions if mode == 'train' else
                      args.resolutions)
-    rows = []
+    stopped, rows = set(), []
     for res in resolutions_of(args, mode):
-        row = dict(model=name, family=spec['family'],
-                   attention=spec.get('attention'),
-                   scan_impl=scan_impl if spec['family'] == 'vim' else None,
-                   neck=neck, dtype=dtype, mode=mode, resolution=res,
-                   tokens=num_tokens(res), batch=args.batch)
-        oom = False
-        try:
-            torch.manual_seed(0)
-            model = build_model(name, res, neck, args.depth).to(args.device)
-            model.train(mode == 'train')
-            x = torch.randn(args.batch, 3, res, res, device=args.device)
-            seconds, times, memory = measure(model, x, mode, dtype, args)
-            row.update(status='ok', seconds=seconds, times=times,
-                       fps=args.batch / seconds, memory_mib=memory)
-        except Exception as err:  # noqa: BLE001 (only OOM is handled)
-            if not is_out_of_memory(err):
-                raise
-            oom = True
-            row.update(status='oom', error=str(err).split('\n')[0][:200])
-        model = x = None
-        release_memory(args.device)
-        rows.append(row)
-        print(format_row(row), flush=True)
-        # the listed resolutions all run; growth stops at a slow call
-        if oom or (row['seconds'] > args.max_call_seconds
-                   and res >= listed_max):
+        running = [name for name in args.models if name not in stopped]
+        if not running:
             break
+        for name in running:
+            row = run_one(name, neck, dtype, mode, res, args, scan_impl)
+            rows.append(row)
+            if row['status'] != 'ok' or (
+                    row['seconds'] > args.max_call_seconds
+                    and res >= listed_max):
+                stopped.add(name)
     return rows
 
 
@@ -550,6 +572,7 @@ def plot(rows, info, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     panels = sorted({(r['mode'], r['neck']) for r in rows},
                     key=lambda p: (p[0] != 'inference', p[1] != 'none'))
@@ -561,14 +584,15 @@ def plot(rows, info, path):
     colors = dict(zip(MODEL_SPECS, plt.rcParams['axes.prop_cycle']
                       .by_key()['color']))
     styles = {'float32': '-', 'bfloat16': '--', 'float16': ':'}
-    resolutions = sorted({r['resolution'] for r in rows})
+    order = {name: i for i, name in enumerate(MODEL_SPECS)}
     for (mode, neck), (ax_fps, ax_mem) in zip(panels, axes):
-        series = sorted({(r['model'], r['dtype']) for r in rows
-                         if (r['mode'], r['neck']) == (mode, neck)})
+        panel = [r for r in rows if (r['mode'], r['neck']) == (mode, neck)]
+        resolutions = sorted({r['resolution'] for r in panel})
+        series = sorted({(r['model'], r['dtype']) for r in panel},
+                        key=lambda s: (order[s[0]], s[1]))
         for name, dtype in series:
-            pts = [r for r in rows if (r['model'], r['dtype'], r['mode'],
-                                       r['neck']) == (name, dtype, mode,
-                                                      neck)]
+            pts = [r for r in panel if (r['model'], r['dtype']) ==
+                   (name, dtype)]
             ok = [r for r in pts if r['status'] == 'ok']
             oom = [r['resolution'] for r in pts if r['status'] == 'oom']
             label = f'{name} {dtype}' + (f' (OOM at {oom[0]})' if oom
@@ -585,6 +609,11 @@ def plot(rows, info, path):
                 f'{mode}'
         ax_fps.set(title=f'{title}: speed', xlabel='resolution (px)',
                    ylabel='images / s (log)', yscale='log')
+        # 1-2-5 ticks: a curve may span less than a decade
+        ax_fps.yaxis.set_major_locator(LogLocator(subs=(1., 2., 5.)))
+        ax_fps.yaxis.set_major_formatter(FuncFormatter(
+            lambda value, _: f'{value:g}'))
+        ax_fps.yaxis.set_minor_formatter(FuncFormatter(lambda *_: ''))
         ax_mem.set(title=f'{title}: peak memory', xlabel='resolution (px)',
                    ylabel=unit, ylim=(0, None))
         for ax in (ax_fps, ax_mem):
@@ -604,7 +633,8 @@ def device_info(args, scan_impl):
         name = torch.cuda.get_device_name()
     else:
         name = platform.processor() or platform.machine()
-        name = f'CPU {name}, {torch.get_num_threads()} threads'
+        threads = torch.get_num_threads()
+        name = f"CPU {name}, {threads} thread{'s' if threads > 1 else ''}"
     return dict(
         device=args.device, device_name=name, torch=torch.__version__,
         threads=torch.get_num_threads(), scan_impl=scan_impl,
@@ -621,6 +651,16 @@ def device_info(args, scan_impl):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.replot:
+        with open(args.replot) as f:
+            result = json.load(f)
+        print_report(result['rows'], result['ratios'], result['targets'],
+                     result)
+        plot(result['rows'], result, args.plot)
+        print(f'\nwrote {args.plot}')
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     # the scan dispatcher reads the variable at each call
     os.environ['MMVIM_SCAN_IMPL'] = args.scan_impl
     import mmvim  # noqa: F401 (registers Vim, SimpleFPN, LN2d)
@@ -639,9 +679,7 @@ def main(argv=None):
     for mode in args.modes:
         for neck in args.necks:
             for dtype in args.dtypes:
-                for name in args.models:
-                    rows += run_series(name, neck, dtype, mode, args,
-                                       scan_impl)
+                rows += run_grid(neck, dtype, mode, args, scan_impl)
     ratios = compare(rows)
     targets = check_targets(ratios, info['device_name'])
     print_report(rows, ratios, targets, info)

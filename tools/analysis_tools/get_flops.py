@@ -231,16 +231,17 @@ def analyse_config(path, shape=None, backbone_only=False):
 
 
 def print_table(results):
-    print(f"\n{'config':<62}{'input':>10}{'tokens':>7}{'bb params M':>12}"
-          f"{'bb GFLOPs':>10}{'scan GFLOPs':>12}{'formula':>9}"
-          f"{'params M':>10}{'GFLOPs':>9}")
-    for r in results:
+    names = [osp.basename(r['config']) for r in results]
+    width = max(map(len, names), default=6) + 2
+    print(f"\n{'config':<{width}}{'input':>10}{'tokens':>7}"
+          f"{'bb params M':>12}{'bb GFLOPs':>10}{'scan GFLOPs':>12}"
+          f"{'formula':>9}{'params M':>10}{'GFLOPs':>9}")
+    for name, r in zip(names, results):
         bb = r['backbone']
         scan = r.get('ssm_flops_counted')
         formula = r.get('ssm_flops_formula')
         model = r.get('model')
-        print(f"{osp.basename(r['config'])[:61]:<62}"
-              f"{'x'.join(map(str, r['input'])):>10}"
+        print(f"{name:<{width}}{'x'.join(map(str, r['input'])):>10}"
               f"{r.get('tokens', '-'):>7}{bb['params'] / 1e6:>12.2f}"
               f"{bb['flops'] / 1e9:>10.2f}"
               f"{(scan or 0) / 1e9:>12.3f}{(formula or 0) / 1e9:>9.3f}"
