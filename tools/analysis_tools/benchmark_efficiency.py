@@ -2,11 +2,13 @@
 
     python tools/analysis_tools/benchmark_efficiency.py [--device cuda|cpu]
         [--models vim-ti deit-ti-eager deit-ti-sdpa vim-s deit-s-eager deit-s-sdpa]
-        [--resolutions 512 640 738 1024 1248] [--grow-step 256]
-        [--max-resolution 4096] [--necks none fpn] [--dtypes float32 bfloat16]
-        [--modes inference train] [--batch 32] [--warmup 3] [--repeats 10]
-        [--scan-impl auto|ref|cpu|cuda] [--sdpa-backend auto|flash|efficient|math]
-        [--depth N] [--out results.json] [--plot results.png]
+        [--resolutions 512 640 738 1024 1248] [--train-resolutions ...]
+        [--grow-step 256] [--max-resolution 4096] [--necks none fpn]
+        [--dtypes float32 bfloat16] [--modes inference train] [--batch 32]
+        [--warmup 3] [--repeats 10] [--scan-impl auto|ref|cpu|cuda]
+        [--sdpa-backend auto|flash|efficient|math] [--threads N] [--depth N]
+        [--out results.json] [--plot results.png]
+    python tools/analysis_tools/benchmark_efficiency.py --replot results.json
 
 Models: Vim-Ti / Vim-S (``mmvim.models.Vim``) and DeiT-Ti / DeiT-S
 (mmpretrain's ``VisionTransformer``), DeiT with two attention paths:
@@ -286,8 +288,9 @@ def is_out_of_memory(err):
     if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
     text = str(err)
-    return isinstance(err, RuntimeError) and (
-        'out of memory' in text or 'not enough memory' in text)
+    return isinstance(err, RuntimeError) and any(
+        sign in text for sign in ('out of memory', 'not enough memory',
+                                  'CUBLAS_STATUS_ALLOC_FAILED'))
 
 
 def sync(device):
@@ -641,6 +644,7 @@ def device_info(args, scan_impl):
         sdpa_backend=args.sdpa_backend, batch=args.batch,
         warmup=args.warmup, repeats=args.repeats, depth_override=args.depth,
         tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+        cudnn_benchmark=args.device == 'cuda',
         memory_definition=MEMORY_DEFINITION[args.device],
         time_definition=TIME_DEFINITION,
         half_precision='torch.autocast with float32 weights',
