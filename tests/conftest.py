@@ -21,9 +21,3 @@ def official_checkpoint(tmp_path):
         return str(path)
 
     return write
-
-
-def rel_l2(ours, ref):
-    """||ours - ref|| / ||ref|| in float64."""
-    ours, ref = ours.double(), ref.double()
-    return ((ours - ref).norm() / ref.norm()).item()

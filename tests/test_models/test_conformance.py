@@ -15,11 +15,12 @@ import torch
 from mmengine.runner import load_checkpoint
 
 import make_official_weights
-from conftest import CONFORMANCE_DIR, rel_l2
 from mmvim.models import Vim
 from reference_vim import reference_vim_forward
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+# tests/conftest.py puts this folder on sys.path (make_official_weights)
+CONFORMANCE_DIR = osp.join(ROOT, 'tests', 'data', 'conformance')
 TOLERANCE = 1e-4
 ARCHS = {  # layout name -> (mmvim arch, stride)
     'vim-ti': ('tiny', 16),
@@ -28,6 +29,12 @@ ARCHS = {  # layout name -> (mmvim arch, stride)
     'vim-s-s8': ('small', 8),
     'vim-b': ('base', 16),
 }
+
+
+def rel_l2(ours, ref):
+    """||ours - ref|| / ||ref|| in float64."""
+    ours, ref = ours.double(), ref.double()
+    return ((ours - ref).norm() / ref.norm()).item()
 
 
 def _converter():
