@@ -15,7 +15,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmvim  # noqa: F401  (registers the Vim modules, safe checkpoint loading)
-from mmvim.engine import check_data_roots, init_cpu_distributed
+from mmvim.engine import (check_data_roots, init_cpu_distributed,
+                          shutdown_distributed)
 
 
 def parse_args():
@@ -94,6 +95,7 @@ def main():
             raise SystemExit('error: --out must be a .pkl or .pickle file')
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
     metrics = runner.test()
+    shutdown_distributed()
     print(metrics)
     return metrics
 

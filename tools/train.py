@@ -14,7 +14,7 @@ from mmengine.runner import Runner
 
 import mmvim  # noqa: F401  (registers the Vim modules, safe checkpoint loading)
 from mmvim.engine import (check_data_roots, check_load_from,
-                          init_cpu_distributed)
+                          init_cpu_distributed, shutdown_distributed)
 
 
 def parse_args():
@@ -90,6 +90,7 @@ def main():
     runner = (Runner.from_cfg(cfg)
               if 'runner_type' not in cfg else RUNNERS.build(cfg))
     runner.train()
+    shutdown_distributed()
 
 
 if __name__ == '__main__':

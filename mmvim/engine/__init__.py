@@ -4,7 +4,7 @@ from .checkpoint_loading import (checkpoint_safe_globals, load_checkpoint_file,
                                  register_safe_checkpoint_loader)
 from .data_root_check import check_data_roots, check_load_from
 from .distributed import (CPUDistributedDataParallel, init_cpu_distributed,
-                          slurm_dist_env)
+                          shutdown_distributed, slurm_dist_env)
 from .hooks import RNGStateHook, get_rng_states, set_rng_states
 from .optimizers import *  # noqa: F401,F403
 
@@ -12,5 +12,5 @@ __all__ = [
     'check_data_roots', 'check_load_from', 'init_cpu_distributed', 'checkpoint_safe_globals', 'load_checkpoint_file',
     'register_safe_checkpoint_loader', 'AtomicLocalBackend',
     'register_atomic_local_backend', 'CPUDistributedDataParallel',
-    'slurm_dist_env', 'RNGStateHook', 'get_rng_states', 'set_rng_states'
+    'shutdown_distributed', 'slurm_dist_env', 'RNGStateHook', 'get_rng_states', 'set_rng_states'
 ]

@@ -114,3 +114,12 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
                       'rank, not synchronised)', logger='current')
         kwargs['device_ids'] = None
         super().__init__(module=module, **kwargs)
+
+
+def shutdown_distributed():
+    """Destroy the default process group at the end of a run. A gloo group
+    left to the interpreter's exit can abort a rank that finished its work
+    ('terminate called without an active exception'), failing the job."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
