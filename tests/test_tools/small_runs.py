@@ -1,9 +1,12 @@
 """Small, real training runs for the launch tests (multi-process, Slurm,
 resume after a kill): a 2-layer, 32-wide Vim classifier on the synthetic
 ImageNet set, single-process data loading, a few iterations."""
+import json
 import os
 import os.path as osp
 import socket
+import subprocess
+import sys
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 HERE = osp.dirname(osp.abspath(__file__))
@@ -54,3 +57,27 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
+
+
+def launch(script, *args):
+    """Run ``tools/SCRIPT`` (``dist_train.sh``, ``dist_test.sh``) with this
+    Python, a free port and the probes importable."""
+    env = probe_env(PYTHON=sys.executable, PORT=str(free_port()))
+    return subprocess.run(['bash', osp.join(ROOT, 'tools', script), *args],
+                          capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=600)
+
+
+def check_two_gloo_ranks(work_dir, batch_size, steps=2):
+    """``RankRecordHook``'s records of a 2-rank run: one gloo group of world
+    size 2, disjoint images on the ranks at every step, and the same
+    weights on both after every step (DDP averaged the gradients)."""
+    records = [json.load(open(osp.join(work_dir, 'ranks', f'rank{r}.json')))
+               for r in range(2)]
+    assert [(r['rank'], r['world_size'], r['backend']) for r in records] == \
+        [(0, 2, 'gloo'), (1, 2, 'gloo')]
+    for step in range(steps):
+        first, second = (set(r['batches'][step]) for r in records)
+        assert len(first) == len(second) == batch_size and not first & second
+    assert records[0]['weights'] == records[1]['weights']
+    assert len(set(records[0]['weights'])) == steps

@@ -1,12 +1,8 @@
 """tools/dist_train.sh and tools/dist_test.sh with two gloo processes on the
 synthetic ADE20K set, with the SyncBN of the ADE20K recipe: both ranks
 train on different images with the same (gradient-averaged) weights, SyncBN
-runs as BN on the CPU, and the test metrics are gathered from both ranks.
-
-(The detection configs get the same test once their synthetic COCO set
-exists.)"""
+runs as BN on the CPU, and the test metrics are gathered from both ranks."""
 import glob
-import json
 import os.path as osp
 import pickle
 import re
@@ -15,7 +11,7 @@ import sys
 
 import pytest
 
-from small_runs import ROOT, free_port, probe_env
+from small_runs import ROOT, check_two_gloo_ranks, launch
 
 CONFIG = osp.join(ROOT, 'configs', 'vim',
                   'upernet_vim-tiny_1xb4-300it_synthetic-ade20k-128x128.py')
@@ -29,13 +25,6 @@ def _options(data_root):
                              'test_dataloader')
               for key in ('num_workers=0', 'persistent_workers=False',
                           f'dataset.data_root={data_root}')]]
-
-
-def _launch(script, *args):
-    env = probe_env(PYTHON=sys.executable, PORT=str(free_port()))
-    return subprocess.run(['bash', osp.join(ROOT, 'tools', script), *args],
-                          capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=600)
 
 
 @pytest.fixture(scope='module')
@@ -67,8 +56,8 @@ model = dict(
     auxiliary_head=dict(in_channels=32, channels=16, norm_cfg=norm_cfg))
 """)
     work_dir = str(base / 'train')
-    train = _launch('dist_train.sh', str(config), '2', '--work-dir',
-                    work_dir, *_options(data_root))
+    train = launch('dist_train.sh', str(config), '2', '--work-dir',
+                   work_dir, *_options(data_root))
     assert train.returncode == 0, train.stderr[-3000:]
     return data_root, str(config), work_dir, train.stdout + train.stderr
 
@@ -80,23 +69,13 @@ def test_two_ranks_train_different_images_with_one_model(trained):
                      'BatchNorm', log)
     assert osp.isfile(osp.join(work_dir, 'iter_2.pth'))
 
-    records = [json.load(open(osp.join(work_dir, 'ranks', f'rank{r}.json')))
-               for r in range(2)]
-    assert [(r['rank'], r['world_size'], r['backend']) for r in records] == \
-        [(0, 2, 'gloo'), (1, 2, 'gloo')]
-    for step in range(2):
-        first, second = (set(r['batches'][step]) for r in records)
-        assert len(first) == len(second) == 4 and not first & second
-    # different data, the same weights after every step: DDP averaged the
-    # gradients of both ranks
-    assert records[0]['weights'] == records[1]['weights']
-    assert len(set(records[0]['weights'])) == 2
+    check_two_gloo_ranks(work_dir, batch_size=4)
 
 
 def test_metrics_are_gathered_from_both_ranks(trained, tmp_path):
     data_root, config, work_dir, _ = trained
     out = str(tmp_path / 'preds.pkl')
-    test = _launch('dist_test.sh', config, osp.join(work_dir, 'iter_2.pth'),
+    test = launch('dist_test.sh', config, osp.join(work_dir, 'iter_2.pth'),
                    '2', '--work-dir', str(tmp_path / 'test'), '--out', out,
                    *_options(data_root))
     assert test.returncode == 0, test.stderr[-3000:]
