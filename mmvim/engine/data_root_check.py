@@ -1,4 +1,5 @@
-"""Fail early, and helpfully, when a config's dataset folders do not exist."""
+"""Fail early, and helpfully, when a config's dataset folders, or the
+checkpoint its ``load_from`` starts from, do not exist."""
 import os.path as osp
 
 # dataset type -> how to get the real data, or the embedded demo data

@@ -37,12 +37,17 @@ def options(data_root, max_iters, *extra, val_interval=1000):
             'train_dataloader.batch_size=4',
             'default_hooks.checkpoint.interval=2',
             'default_hooks.logger.interval=1',
-            *[f'{loader}.{key}'
-              for loader in ('train_dataloader', 'val_dataloader',
-                             'test_dataloader')
-              for key in ('num_workers=0', 'persistent_workers=False',
-                          f'dataset.data_root={data_root}')],
-            *extra]
+            *loader_options(data_root), *extra]
+
+
+def loader_options(data_root):
+    """``--cfg-options`` items that point the train, val and test loaders
+    at ``data_root`` and load their data in the main process."""
+    return [f'{loader}.{key}'
+            for loader in ('train_dataloader', 'val_dataloader',
+                           'test_dataloader')
+            for key in ('num_workers=0', 'persistent_workers=False',
+                        f'dataset.data_root={data_root}')]
 
 
 def probe_env(**overrides):

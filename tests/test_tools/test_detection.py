@@ -19,6 +19,8 @@ import sys
 
 import pytest
 
+from small_runs import loader_options
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIGS = osp.join(ROOT, 'configs', 'vim')
 COCO = osp.join(
@@ -122,15 +124,7 @@ def _options(data_root, max_iters):
     return ['--cfg-options', f'train_cfg.max_iters={max_iters}',
             f'train_cfg.val_interval={max_iters}',
             f'default_hooks.checkpoint.interval={ITERS}',
-            'train_dataloader.num_workers=0',
-            'train_dataloader.persistent_workers=False',
-            'val_dataloader.num_workers=0',
-            'val_dataloader.persistent_workers=False',
-            'test_dataloader.num_workers=0',
-            'test_dataloader.persistent_workers=False',
-            f'train_dataloader.dataset.data_root={data_root}/',
-            f'val_dataloader.dataset.data_root={data_root}/',
-            f'test_dataloader.dataset.data_root={data_root}/',
+            *loader_options(f'{data_root}/'),
             'val_evaluator.ann_file='
             f'{data_root}/annotations/instances_val2017.json',
             'test_evaluator.ann_file='

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from small_runs import ROOT, check_two_gloo_ranks, launch
+from small_runs import (ROOT, check_two_gloo_ranks, launch,
+                        loader_options)
 
 CONFIG = osp.join(
     ROOT, 'configs', 'vim',
@@ -22,11 +23,7 @@ def _options(data_root):
     ann = f'{data_root}/annotations/instances_val2017.json'
     return ['--cfg-options', 'train_cfg.max_iters=2',
             f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}',
-            *[f'{loader}.{key}'
-              for loader in ('train_dataloader', 'val_dataloader',
-                             'test_dataloader')
-              for key in ('num_workers=0', 'persistent_workers=False',
-                          f'dataset.data_root={data_root}/')]]
+            *loader_options(f'{data_root}/')]
 
 
 @pytest.fixture(scope='module')

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from small_runs import ROOT, check_two_gloo_ranks, launch
+from small_runs import (ROOT, check_two_gloo_ranks, launch,
+                        loader_options)
 
 CONFIG = osp.join(ROOT, 'configs', 'vim',
                   'upernet_vim-tiny_1xb4-300it_synthetic-ade20k-128x128.py')
@@ -20,11 +21,7 @@ NUM_TRAIN, NUM_VAL = 8, 5  # an odd val set: one rank gets a padded sample
 
 def _options(data_root):
     return ['--cfg-options', 'train_cfg.max_iters=2',
-            *[f'{loader}.{key}'
-              for loader in ('train_dataloader', 'val_dataloader',
-                             'test_dataloader')
-              for key in ('num_workers=0', 'persistent_workers=False',
-                          f'dataset.data_root={data_root}')]]
+            *loader_options(data_root)]
 
 
 @pytest.fixture(scope='module')
