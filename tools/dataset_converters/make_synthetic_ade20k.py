@@ -19,14 +19,14 @@ unlabelled borders are. Re-running with the same arguments reuses a complete
 dataset and writes nothing.
 """
 import argparse
-import json
 import os
 import os.path as osp
 
 import cv2
 import numpy as np
 
-from mmvim.datasets import SHAPE_COLOURS, SHAPES, paint, shape_mask
+from mmvim.datasets import (SHAPE_COLOURS, SHAPES, is_written_with, paint,
+                            record_settings, shape_mask)
 
 # ADE20K label id -> (shape, colour index, texture); the ids are ADE20K
 # classes (person, car, chair, table, plant, lamp)
@@ -93,11 +93,9 @@ def make_dataset(out_dir, img_size=128, num_train=200, num_val=40, seed=0):
                                         OBJECT_CLASSES.items()},
                     shapes=list(SHAPES))
     done = osp.join(out_dir, 'settings.json')
-    if osp.isfile(done):
-        with open(done) as f:
-            if json.load(f) == settings:
-                print(f'synthetic ADE20K-layout dataset ready in {out_dir}')
-                return
+    if is_written_with(done, settings):
+        print(f'synthetic ADE20K-layout dataset ready in {out_dir}')
+        return
     for split, prefix, count, split_seed in (
             ('training', 'ADE_train', num_train, seed),
             ('validation', 'ADE_val', num_val, seed + 1)):
@@ -111,8 +109,7 @@ def make_dataset(out_dir, img_size=128, num_train=200, num_val=40, seed=0):
                         image, [cv2.IMWRITE_JPEG_QUALITY, 95])
             cv2.imwrite(osp.join(out_dir, 'annotations', split, name + '.png'),
                         label)
-    with open(done, 'w') as f:
-        json.dump(settings, f)
+    record_settings(done, settings)
     print(f'wrote {num_train} training and {num_val} validation images to '
           f'{out_dir}')
 

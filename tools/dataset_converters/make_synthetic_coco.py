@@ -25,7 +25,8 @@ import os.path as osp
 import cv2
 import numpy as np
 
-from mmvim.datasets import SHAPE_COLOURS, paint, shape_mask, textured_background
+from mmvim.datasets import (SHAPE_COLOURS, is_written_with, paint,
+                            record_settings, shape_mask, textured_background)
 
 # COCO category id -> (name, shape, colour index, texture)
 OBJECT_CATEGORIES = {
@@ -116,11 +117,9 @@ def make_dataset(out_dir, img_size=256, num_train=200, num_val=40, seed=0):
                     seed=seed, categories={str(k): list(v) for k, v in
                                            OBJECT_CATEGORIES.items()})
     done = osp.join(out_dir, 'annotations', 'settings.json')
-    if osp.isfile(done):
-        with open(done) as f:
-            if json.load(f) == settings:
-                print(f'synthetic COCO-layout dataset ready in {out_dir}')
-                return
+    if is_written_with(done, settings):
+        print(f'synthetic COCO-layout dataset ready in {out_dir}')
+        return
     os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
     for split, count, split_seed, first_id in (
             ('train2017', num_train, seed, 1),
@@ -130,8 +129,7 @@ def make_dataset(out_dir, img_size=256, num_train=200, num_val=40, seed=0):
         with open(osp.join(out_dir, 'annotations',
                            f'instances_{split}.json'), 'w') as f:
             json.dump(coco, f)
-    with open(done, 'w') as f:
-        json.dump(settings, f)
+    record_settings(done, settings)
     print(f'wrote {num_train} training and {num_val} validation images to '
           f'{out_dir}')
 

@@ -17,15 +17,14 @@ rotation on a textured background. Re-running with the
 same arguments reuses a complete dataset and writes nothing.
 """
 import argparse
-import json
 import os
 import os.path as osp
 
 import cv2
 import numpy as np
 
-from mmvim.datasets import (SHAPE_COLOURS, SHAPES, paint, shape_mask,
-                            textured_background)
+from mmvim.datasets import (SHAPE_COLOURS, SHAPES, is_written_with, paint,
+                            record_settings, shape_mask, textured_background)
 
 
 def parse_args():
@@ -56,11 +55,9 @@ def make_dataset(out_dir, img_size=64, train_per_class=200, val_per_class=30,
                     val_per_class=val_per_class, seed=seed,
                     classes=list(SHAPES), colours=[list(c) for c in SHAPE_COLOURS])
     done = osp.join(out_dir, 'meta', 'settings.json')
-    if osp.isfile(done):
-        with open(done) as f:
-            if json.load(f) == settings:
-                print(f'synthetic ImageNet-layout dataset ready in {out_dir}')
-                return list(SHAPES)
+    if is_written_with(done, settings):
+        print(f'synthetic ImageNet-layout dataset ready in {out_dir}')
+        return list(SHAPES)
     os.makedirs(osp.join(out_dir, 'meta'), exist_ok=True)
     for split, per_class, split_seed in (('train', train_per_class, seed),
                                          ('val', val_per_class, seed + 1)):
@@ -78,8 +75,7 @@ def make_dataset(out_dir, img_size=64, train_per_class=200, val_per_class=30,
             f.write('\n'.join(lines) + '\n')
     with open(osp.join(out_dir, 'meta', 'classes.txt'), 'w') as f:
         f.write('\n'.join(SHAPES) + '\n')
-    with open(done, 'w') as f:
-        json.dump(settings, f)
+    record_settings(done, settings)
     print(f'wrote {len(SHAPES) * (train_per_class + val_per_class)} images '
           f'of {len(SHAPES)} classes to {out_dir}')
     return list(SHAPES)
