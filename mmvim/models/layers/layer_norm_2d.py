@@ -11,6 +11,8 @@ class LayerNorm2d(nn.Module):
 
     ``x: (B, C, H, W)``; each pixel's C values are normalised on their own.
     Registered as ``'LN2d'`` so configs write ``norm_cfg=dict(type='LN2d')``.
+    The output is contiguous NCHW: mmcv's RoIAlign (CPU and CUDA) indexes
+    its input's memory as NCHW and reads a channels-last tensor as noise.
     """
     _abbr_ = 'ln'
 
@@ -25,4 +27,4 @@ class LayerNorm2d(nn.Module):
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, (self.num_channels, ), self.weight, self.bias,
                          self.eps)
-        return x.permute(0, 3, 1, 2)
+        return x.permute(0, 3, 1, 2).contiguous()
