@@ -64,17 +64,19 @@ def selective_scan_ref(u,
     B = _expand_groups(B.to(acc), dim)
     C = _expand_groups(C.to(acc), dim)
 
-    # (b, E, L, N) decay and input terms, then a sequential recurrence
-    delta_A = torch.exp(delta.unsqueeze(-1) * A[:, None, :])
-    delta_B_u = (delta * u).unsqueeze(-1) * B.transpose(2, 3)
-    C = C.transpose(2, 3)
+    # (b, E, L, N) decay and input terms, then a sequential recurrence.
+    # unbind: per-token views whose backward stacks the L gradients once
+    # (indexing [:, :, t] would scatter each into a zero (b, E, L, N) tensor)
+    decay = torch.exp(delta.unsqueeze(-1) * A[:, None, :]).unbind(2)
+    inputs = ((delta * u).unsqueeze(-1) * B.transpose(2, 3)).unbind(2)
+    C = C.transpose(2, 3).unbind(2)
 
     h = u.new_zeros(batch, dim, A.shape[1])
     ys = [None] * length
     steps = range(length - 1, -1, -1) if reverse else range(length)
     for t in steps:
-        h = delta_A[:, :, t] * h + delta_B_u[:, :, t]
-        ys[t] = (h * C[:, :, t]).sum(-1)
+        h = decay[t] * h + inputs[t]
+        ys[t] = (h * C[t]).sum(-1)
     y = torch.stack(ys, dim=-1) if length > 0 else u.new_zeros(u.shape)
     if D is not None:
         y = y + u * D.to(acc)[:, None]
