@@ -1,28 +1,53 @@
 """JIT build of mmvim's C++/CUDA ops with torch.utils.cpp_extension + ninja.
 
-Sources live in ``<repo>/ops/<op>/csrc``. The build directory's name holds a
-hash of the sources (headers included), flags and torch version, so an edited source or another
-torch builds anew and an unchanged one is reused. The default location is
+Sources live in ``<repo>/ops/<op>/csrc``. Three kinds of build:
+
+- ``cpu``: the C++ sources of the CPU kernel, with OpenMP;
+- ``cuda``: the CUDA sources with nvcc, for the visible GPU's architecture
+  (``TORCH_CUDA_ARCH_LIST`` overrides it; ``8.0;9.0+PTX`` without a GPU);
+- ``simt``: the same CUDA sources with the host C++ compiler and
+  ``MMVIM_SIMT_EMULATION``, so the CUDA kernels run on the CPU under
+  ``simt_emulation.h`` (how CI checks them without a GPU).
+
+The build directory's name holds a hash of the sources (headers included),
+flags and torch version, so an edited source or another torch builds anew
+and an unchanged one is reused. The default location is
 ``~/.cache/mmvim/extensions``; ``MMVIM_EXTENSIONS_DIR`` overrides it. Several
 processes starting together (DDP ranks) build once: the first takes a file
 lock, the others wait for it and load the result.
+
+Nothing here changes the process's environment: the CUDA toolkit and the
+architectures are handed to the build explicitly.
 """
+import contextlib
 import fcntl
 import glob
-import logging
 import hashlib
+import logging
 import os
 import os.path as osp
+import shutil
 import sys
 import warnings
 
 import torch
 
 EXTENSIONS_DIR_ENV = 'MMVIM_EXTENSIONS_DIR'
+# MMVIM_SIMT_SANITIZE=address builds the emulated kernels with
+# AddressSanitizer (the process must preload libasan; see the tests)
+SANITIZE_ENV = 'MMVIM_SIMT_SANITIZE'
 OPS_SOURCE_DIR = osp.join(
     osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'ops')
+# without a GPU to ask: the A100 and H100 generations, and PTX that newer
+# GPUs compile at load time
+DEFAULT_CUDA_ARCHS = '8.0;9.0+PTX'
+KINDS = ('cpu', 'cuda', 'simt')
 
 _loaded = {}
+
+
+class ExtensionBuildError(RuntimeError):
+    """A kernel could not be compiled or imported."""
 
 
 def _cpu_flags():
@@ -39,6 +64,67 @@ def _cpu_flags():
         except OSError:
             pass
     return flags, features
+
+
+def cuda_home():
+    """The CUDA toolkit to build with: $CUDA_HOME / $CUDA_PATH, the toolkit
+    of the nvcc on PATH, or /usr/local/cuda; None without nvcc."""
+    candidates = [os.environ.get('CUDA_HOME'), os.environ.get('CUDA_PATH')]
+    nvcc = shutil.which('nvcc')
+    if nvcc:
+        candidates.append(osp.dirname(osp.dirname(osp.realpath(nvcc))))
+    candidates.append('/usr/local/cuda')
+    for home in candidates:
+        if home and osp.isfile(osp.join(home, 'bin', 'nvcc')):
+            return home
+    return None
+
+
+def cuda_arch_list():
+    """``TORCH_CUDA_ARCH_LIST``, else the visible GPUs' architectures, else
+    ``8.0;9.0+PTX``, as a list such as ['8.0', '9.0+PTX']."""
+    requested = os.environ.get('TORCH_CUDA_ARCH_LIST', '').strip()
+    if requested:
+        return requested.replace(' ', ';').split(';')
+    if torch.cuda.is_available():
+        return sorted({'{}.{}'.format(*torch.cuda.get_device_capability(i))
+                       for i in range(torch.cuda.device_count())})
+    return DEFAULT_CUDA_ARCHS.split(';')
+
+
+def gencode_flags(archs):
+    """nvcc -gencode flags of arch strings such as '9.0' or '9.0+PTX'."""
+    flags = []
+    for arch in archs:
+        number = arch.split('+')[0].replace('.', '')
+        flags.append(f'-gencode=arch=compute_{number},code=sm_{number}')
+        if arch.endswith('+PTX'):
+            flags.append(
+                f'-gencode=arch=compute_{number},code=compute_{number}')
+    return flags
+
+
+def build_flags(kind):
+    """(C++ flags, CUDA flags, extra hash key) of a build of ``kind``."""
+    if kind == 'cpu':
+        cflags, features = _cpu_flags()
+        return cflags, [], features
+    if kind == 'cuda':
+        archs = cuda_arch_list()
+        return ['-O3'], ['-O3', '--use_fast_math', '-std=c++17'] + \
+            gencode_flags(archs), ';'.join(archs)
+    if kind == 'simt':
+        # -x c++: the .cu files are host C++ here; C++20 for source_location
+        cflags = ['-O2', '-std=c++20', '-x', 'c++', '-DMMVIM_SIMT_EMULATION']
+        sanitize = os.environ.get(SANITIZE_ENV, '').strip()
+        if sanitize:
+            if sanitize != 'address':
+                raise ValueError(f'{SANITIZE_ENV}={sanitize!r}: only '
+                                 "'address' is supported")
+            cflags = [f for f in cflags if f != '-O2'] + [
+                '-O1', '-g', '-fsanitize=address', '-fno-omit-frame-pointer']
+        return cflags, [], sanitize
+    raise ValueError(f'unknown kernel kind {kind!r}, choose from {KINDS}')
 
 
 def extensions_dir():
@@ -58,75 +144,129 @@ def build_name(op, sources, flags, extra_key=''):
     return f'mmvim_{op}_{digest.hexdigest()[:12]}'
 
 
-def _ensure_ninja_on_path():
-    # pip's ninja installs next to the interpreter, which a non-activated
-    # virtual environment does not put on PATH
-    bin_dir = osp.dirname(sys.executable)
-    if osp.exists(osp.join(bin_dir, 'ninja')) and bin_dir not in \
-            os.environ.get('PATH', '').split(os.pathsep):
-        os.environ['PATH'] = bin_dir + os.pathsep + os.environ.get('PATH', '')
+def compiler_available(kind):
+    """Whether the compiler a build of ``kind`` needs is installed."""
+    if kind == 'cuda':
+        return cuda_home() is not None
+    return shutil.which(os.environ.get('CXX', 'c++')) is not None
 
 
-def load_extension(op, source_files, kind='cpu'):
-    """Build (once) and import the extension ``op`` from ``ops/<op>/csrc``.
-
-    Returns the module, or None with a one-line warning saying why it could
-    not be built (the caller then falls back to the reference).
-    """
-    key = (op, kind)
-    if key in _loaded:
-        return _loaded[key]
-    module = None
+@contextlib.contextmanager
+def _cpp_extension(kind):
+    """torch.utils.cpp_extension, pointed at our CUDA toolkit for the
+    duration of a build only."""
+    # its import logs that a CPU-only machine has no CUDA runtime: true,
+    # and no concern of ours
+    log = logging.getLogger('torch.utils.cpp_extension')
+    level = log.level
+    log.setLevel(logging.ERROR)
     try:
-        module = _build(op, source_files, kind)
-    except Exception as error:  # noqa: BLE001  (any build failure falls back)
-        reason = str(error).strip().splitlines()
-        reason = reason[-1] if reason else type(error).__name__
-        warnings.warn(f'mmvim: could not build the {kind} {op} kernel '
-                      f'({reason}); using the pure-PyTorch reference '
+        from torch.utils import cpp_extension
+    finally:
+        log.setLevel(level)
+    saved = cpp_extension.CUDA_HOME
+    if kind == 'cuda':
+        cpp_extension.CUDA_HOME = cuda_home()
+    try:
+        yield cpp_extension
+    finally:
+        cpp_extension.CUDA_HOME = saved
+
+
+def _with_ninja_on_path():
+    """PATH with the interpreter's bin folder (pip's ninja installs there,
+    which a non-activated virtual environment does not put on PATH)."""
+    path = os.environ.get('PATH', '')
+    bin_dir = osp.dirname(sys.executable)
+    if osp.exists(osp.join(bin_dir, 'ninja')) and \
+            bin_dir not in path.split(os.pathsep):
+        path = bin_dir + os.pathsep + path
+    return path
+
+
+@contextlib.contextmanager
+def _environ(**values):
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def build_extension(op, source_files, kind='cpu', csrc=None):
+    """Build (once per process) and import the extension ``op`` of ``kind``
+    from ``csrc`` (default ``ops/<op>/csrc``); raises ExtensionBuildError
+    saying why not. The headers of ``ops/*/csrc`` are on the include path.
+    """
+    csrc = csrc or osp.join(OPS_SOURCE_DIR, op, 'csrc')
+    key = (op, kind, csrc, os.environ.get(SANITIZE_ENV, '')
+           if kind == 'simt' else '')
+    if key not in _loaded:
+        try:
+            _loaded[key] = _build(op, source_files, kind, csrc)
+        except Exception as error:  # noqa: BLE001  (kept, re-raised below)
+            _loaded[key] = error
+    result = _loaded[key]
+    if isinstance(result, Exception):
+        raise ExtensionBuildError(
+            f'could not build the {kind} {op} kernel: {_reason(result)}') \
+            from result
+    return result
+
+
+def load_extension(op, source_files, kind='cpu', csrc=None):
+    """Like :func:`build_extension`, but returns None with a one-line
+    warning instead of raising (the caller then falls back)."""
+    try:
+        return build_extension(op, source_files, kind, csrc)
+    except ExtensionBuildError as error:
+        warnings.warn(f'mmvim: {error}; using the pure-PyTorch reference '
                       'instead', RuntimeWarning, stacklevel=2)
-    _loaded[key] = module
-    return module
+        return None
 
 
-def _build(op, source_files, kind):
-    if not os.environ.get('CUDA_HOME') and osp.isdir('/usr/local/cuda'):
-        # nvcc's own guess (/usr/local) cannot link libcudart
-        os.environ['CUDA_HOME'] = '/usr/local/cuda'
-    # quiet torch's import-time notice that this machine has no CUDA runtime
-    logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)
-    from torch.utils import cpp_extension
+def _reason(error):
+    """The line of a build failure that says what went wrong: the
+    compiler's first diagnostic, a missing program, or the last line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for marker in ('error:', 'not found', 'No such file'):
+        hits = [line for line in lines if marker in line and ' -o ' not in line]
+        if hits:
+            return hits[0]
+    return lines[-1] if lines else type(error).__name__
 
-    csrc = osp.join(OPS_SOURCE_DIR, op, 'csrc')
+
+def _build(op, source_files, kind, csrc):
     sources = [osp.join(csrc, name) for name in source_files]
     missing = [s for s in sources if not osp.isfile(s)]
     if missing:
         raise FileNotFoundError(
             f'missing sources {missing}: the kernels compile from the '
             'checkout, so install mmvim with `pip install -e .` from it')
-    cflags, features = _cpu_flags()
-    cuda_flags = []
-    if kind == 'cuda':
-        cflags = ['-O3']
-        cuda_flags = ['-O3', '--use_fast_math', '-std=c++17']
-        if not os.environ.get('TORCH_CUDA_ARCH_LIST') and \
-                not torch.cuda.is_available():
-            # no GPU to ask: build for the A100 / H100 generations
-            os.environ['TORCH_CUDA_ARCH_LIST'] = '8.0;9.0'
-        features = os.environ.get('TORCH_CUDA_ARCH_LIST') or ';'.join(
-            '{}.{}'.format(*torch.cuda.get_device_capability(i))
-            for i in range(torch.cuda.device_count()))
-    headers = sorted(glob.glob(osp.join(csrc, '*.h')) +
-                     glob.glob(osp.join(csrc, '*.cuh')))
+    if kind == 'cuda' and cuda_home() is None:
+        raise FileNotFoundError(
+            'nvcc not found (no CUDA toolkit in $CUDA_HOME, on PATH or in '
+            '/usr/local/cuda)')
+    cflags, cuda_flags, key = build_flags(kind)
+    include_dirs = sorted(glob.glob(osp.join(OPS_SOURCE_DIR, '*', 'csrc')))
+    headers = sorted(path for folder in {csrc, *include_dirs}
+                     for pattern in ('*.h', '*.cuh')
+                     for path in glob.glob(osp.join(folder, pattern)))
     name = build_name(op + '_' + kind, sources + headers, cflags + cuda_flags,
-                      features)
+                      key)
     build_dir = osp.join(extensions_dir(), name)
     os.makedirs(build_dir, exist_ok=True)
-    _ensure_ninja_on_path()
-    if kind == 'cuda' and os.environ.get('CUDA_HOME'):
-        cpp_extension.CUDA_HOME = os.environ['CUDA_HOME']
+    ldflags = {'cpu': ['-fopenmp'], 'cuda': [],
+               'simt': [f for f in cflags if f.startswith('-fsanitize')]}
     library = osp.join(build_dir, name + '.so')
-    with open(osp.join(build_dir, 'build.lock'), 'w') as lock:
+    with open(osp.join(build_dir, 'build.lock'), 'w') as lock, \
+            _cpp_extension(kind) as cpp_extension, \
+            _environ(PATH=_with_ninja_on_path()):
         fcntl.flock(lock, fcntl.LOCK_EX)  # other ranks wait here
         try:
             if not osp.exists(library):
@@ -138,7 +278,8 @@ def _build(op, source_files, kind):
                 sources=sources,
                 extra_cflags=cflags,
                 extra_cuda_cflags=cuda_flags,
-                extra_ldflags=['-fopenmp'] if kind == 'cpu' else [],
+                extra_ldflags=ldflags[kind],
+                extra_include_paths=include_dirs,
                 build_directory=build_dir,
                 with_cuda=kind == 'cuda',
                 verbose=False)

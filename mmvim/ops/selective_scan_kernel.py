@@ -1,10 +1,12 @@
 """Autograd functions around the compiled selective-scan kernels.
 
-One wrapper serves the CPU kernel (``ops/selective_scan/csrc/
-selective_scan_cpu.cpp``) and the CUDA kernel (``selective_scan_cuda*``):
-both export the same functions. Data (u, delta, z) go to the kernel in
-float32 (float64 on the CPU for float64 inputs; float16 / bfloat16 kept on
-CUDA), weights (A, B, C, D, delta_bias) in float32 (float64 likewise); the
+One wrapper serves the three builds of ``ops/selective_scan/csrc``: the CPU
+kernel (``selective_scan_cpu.cpp``), the CUDA kernel
+(``selective_scan_cuda*``) and that same CUDA kernel run on the CPU under
+the SIMT emulation (kind ``simt``, on CPU tensors). They export the same
+functions. The CPU kernel computes in float32 (float64 for float64 inputs);
+the CUDA kernel keeps float16 / bfloat16 data (u, delta, z) as they are,
+with float32 weights (A, B, C, D, delta_bias), state and accumulator. The
 output comes back in u's dtype and every gradient in its input's dtype. B
 and C are handed over transposed to (batch, G, L, N), so that the N values
 of one token are adjacent in memory.
@@ -13,13 +15,12 @@ import os
 
 import torch
 
-from .extension_loader import load_extension
+from .extension_loader import build_extension, load_extension
 
-SOURCES = {
-    'cpu': ['selective_scan_cpu.cpp'],
-    'cuda': ['selective_scan_cuda.cpp', 'selective_scan_cuda_fp32.cu',
-             'selective_scan_cuda_fp16.cu', 'selective_scan_cuda_bf16.cu'],
-}
+_CUDA_SOURCES = ['selective_scan_cuda.cpp', 'selective_scan_cuda_fp32.cu',
+                 'selective_scan_cuda_fp16.cu', 'selective_scan_cuda_bf16.cu']
+SOURCES = {'cpu': ['selective_scan_cpu.cpp'], 'cuda': _CUDA_SOURCES,
+           'simt': _CUDA_SOURCES}
 # tests set MMVIM_SCAN_POISON=1: outputs start as NaN, so an element the
 # kernel does not write fails the comparison with the reference
 POISON_ENV = 'MMVIM_SCAN_POISON'
@@ -27,20 +28,31 @@ _CUDA_DATA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def load_kernel(kind):
-    """The compiled extension for 'cpu' or 'cuda' (built on first use), or
-    None when it cannot be built here."""
+    """The compiled extension of ``kind`` ('cpu', 'cuda' or 'simt'), built
+    on first use, or None (with a warning) when it cannot be built here."""
     return load_extension('selective_scan', SOURCES[kind], kind=kind)
 
 
-def _kernel(device_type):
-    module = load_kernel(device_type)
+def build_kernel(kind):
+    """Like :func:`load_kernel`, but a failed build raises
+    ``ExtensionBuildError`` with the compiler's reason."""
+    return build_extension('selective_scan', SOURCES[kind], kind=kind)
+
+
+def default_kind(device_type):
+    """The kernel kind for tensors on ``device_type`` ('cpu' or 'cuda')."""
+    return 'cuda' if device_type == 'cuda' else 'cpu'
+
+
+def _kernel(kind):
+    module = build_kernel(kind)
     module.set_poison_outputs(os.environ.get(POISON_ENV, '0') == '1')
     return module
 
 
-def _dtypes(u):
-    """(data dtype, weight dtype) the kernel computes with for input u."""
-    if u.is_cuda:
+def _dtypes(kind, u):
+    """(data dtype, weight dtype) the kernel of ``kind`` computes with."""
+    if kind in ('cuda', 'simt'):
         data = u.dtype if u.dtype in _CUDA_DATA_DTYPES else torch.float32
         return data, torch.float32
     wide = torch.float64 if u.dtype == torch.float64 else torch.float32
@@ -58,10 +70,10 @@ def _prep_bc(x, dtype):
     return x.to(dtype).transpose(-1, -2).contiguous()
 
 
-def _meta(*tensors):
-    """(dtype, ndim) of each input, None for absent ones: what backward
-    needs to hand gradients back in the inputs' layout and dtype."""
-    return [None if x is None else (x.dtype, x.dim()) for x in tensors]
+def _meta(x):
+    """(dtype, ndim) of an input, None when absent: what backward needs to
+    hand its gradient back in the input's layout and dtype."""
+    return None if x is None else (x.dtype, x.dim())
 
 
 def _cast_like(grad, meta):
@@ -76,99 +88,127 @@ def _bc_grad(grad, meta):
     return grad.to(meta[0])
 
 
+_DIRECTION = ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')
+
+
+def _prep_direction(data, weight, u, delta, A, B, C, D, delta_bias):
+    """One direction's tensors as the kernel takes them (the order of its
+    arguments: u, delta, A, Bt, Ct, D, bias)."""
+    return [_prep(u, data), _prep(delta, data), _prep(A, weight),
+            _prep_bc(B, weight), _prep_bc(C, weight), _prep(D, weight),
+            _prep(delta_bias, weight)]
+
+
+def _direction_grads(grads, metas):
+    """Kernel gradients [du, ddelta, dA, dBt, dCt, dD, dbias] of one
+    direction -> dict by input name, in each input's dtype and layout."""
+    out = {}
+    for name, grad in zip(_DIRECTION, grads):
+        meta = metas[name]
+        out[name] = _bc_grad(grad, meta) if name in ('B', 'C') else \
+            _cast_like(grad, meta)
+    return out
+
+
 class SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                return_last_state, reverse):
-        data, weight = _dtypes(u)
-        args = [_prep(u, data), _prep(delta, data), _prep(A, weight),
-                _prep_bc(B, weight), _prep_bc(C, weight), _prep(D, weight),
-                _prep(delta_bias, weight), _prep(z, data)]
-        out, acc, last = _kernel(u.device.type).scan_fwd(
-            *args, bool(delta_softplus), bool(reverse),
+                return_last_state, reverse, kind):
+        data, weight = _dtypes(kind, u)
+        direction = _prep_direction(data, weight, u, delta, A, B, C, D,
+                                    delta_bias)
+        z_k = _prep(z, data)
+        out, acc, last = _kernel(kind).scan_fwd(
+            *direction, z_k, bool(delta_softplus), bool(reverse),
             bool(return_last_state))
-        ctx.save_for_backward(*args, acc)
-        ctx.meta = _meta(u, delta, A, B, C, D, z, delta_bias)
-        ctx.flags = (bool(delta_softplus), bool(reverse))
+        ctx.save_for_backward(*direction, z_k, acc)
+        ctx.metas = {name: _meta(x) for name, x in zip(
+            _DIRECTION, (u, delta, A, B, C, D, delta_bias))}
+        ctx.z_meta = _meta(z)
+        ctx.options = dict(softplus=bool(delta_softplus),
+                           reverse=bool(reverse), kind=kind)
         ctx.mark_non_differentiable(last)
         return out.to(u.dtype), last
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        *args, acc = ctx.saved_tensors
-        softplus, reverse = ctx.flags
-        u, delta, A, B, C, D, z, delta_bias = ctx.meta
-        du, ddelta, dA, dB, dC, dD, dbias, dz = _kernel(
-            acc.device.type).scan_bwd(*args, dout.to(args[0].dtype), acc,
-                                      softplus, reverse)
-        return (_cast_like(du, u), _cast_like(ddelta, delta),
-                _cast_like(dA, A), _bc_grad(dB, B), _bc_grad(dC, C),
-                _cast_like(dD, D), _cast_like(dz, z),
-                _cast_like(dbias, delta_bias), None, None, None)
+        *direction, z_k, acc = ctx.saved_tensors
+        opts = ctx.options
+        *grads, dz = _kernel(opts['kind']).scan_bwd(
+            *direction, z_k, dout.to(direction[0].dtype), acc,
+            opts['softplus'], opts['reverse'])
+        g = _direction_grads(grads, ctx.metas)
+        return (g['u'], g['delta'], g['A'], g['B'], g['C'], g['D'],
+                _cast_like(dz, ctx.z_meta), g['delta_bias'], None, None,
+                None, None)
 
 
 class BiSelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, u_b, delta_b, A_b, B_b, C_b, D_b,
-                z, delta_bias, delta_bias_b, delta_softplus, divide_out):
-        data, weight = _dtypes(u)
-        fwd = [_prep(u, data), _prep(delta, data), _prep(A, weight),
-               _prep_bc(B, weight), _prep_bc(C, weight), _prep(D, weight),
-               _prep(delta_bias, weight)]
-        bwd = [_prep(u_b, data), _prep(delta_b, data), _prep(A_b, weight),
-               _prep_bc(B_b, weight), _prep_bc(C_b, weight),
-               _prep(D_b, weight), _prep(delta_bias_b, weight)]
-        z32 = _prep(z, data)
+                z, delta_bias, delta_bias_b, delta_softplus, divide_out,
+                kind):
+        data, weight = _dtypes(kind, u)
+        fwd = _prep_direction(data, weight, u, delta, A, B, C, D, delta_bias)
+        bwd = _prep_direction(data, weight, u_b, delta_b, A_b, B_b, C_b, D_b,
+                              delta_bias_b)
+        z_k = _prep(z, data)
         scale = 0.5 if divide_out else 1.0
-        out, acc, _ = _kernel(u.device.type).bi_scan_fwd(
-            *fwd, *bwd, z32, bool(delta_softplus), scale)
-        ctx.save_for_backward(*fwd, *bwd, z32, acc)
-        ctx.meta = _meta(u, delta, A, B, C, D, delta_bias, u_b, delta_b,
-                         A_b, B_b, C_b, D_b, delta_bias_b, z)
-        ctx.flags = (bool(delta_softplus), scale)
+        out, acc, _ = _kernel(kind).bi_scan_fwd(
+            *fwd, *bwd, z_k, bool(delta_softplus), scale)
+        ctx.save_for_backward(*fwd, *bwd, z_k, acc)
+        ctx.metas = (
+            {name: _meta(x) for name, x in zip(
+                _DIRECTION, (u, delta, A, B, C, D, delta_bias))},
+            {name: _meta(x) for name, x in zip(
+                _DIRECTION, (u_b, delta_b, A_b, B_b, C_b, D_b,
+                             delta_bias_b))})
+        ctx.z_meta = _meta(z)
+        ctx.options = dict(softplus=bool(delta_softplus), scale=scale,
+                           kind=kind)
         return out.to(u.dtype)
 
     @staticmethod
     def backward(ctx, dout):
         saved = ctx.saved_tensors
-        softplus, scale = ctx.flags
-        grads = _kernel(saved[15].device.type).bi_scan_bwd(
-            *saved[:7], *saved[7:14], saved[14], dout.to(saved[0].dtype),
-            saved[15], softplus, scale)
-        meta = ctx.meta
-
-        def direction(g, m):
-            du, ddelta, dA, dB, dC, dD, dbias = g
-            return [_cast_like(du, m[0]), _cast_like(ddelta, m[1]),
-                    _cast_like(dA, m[2]), _bc_grad(dB, m[3]),
-                    _bc_grad(dC, m[4]), _cast_like(dD, m[5])], \
-                _cast_like(dbias, m[6])
-
-        fwd, dbias_f = direction(grads[0:7], meta[0:7])
-        bwd, dbias_b = direction(grads[7:14], meta[7:14])
-        dz = _cast_like(grads[14], meta[14])
-        return (*fwd, *bwd, dz, dbias_f, dbias_b, None, None)
+        n = len(_DIRECTION)
+        fwd, bwd = saved[:n], saved[n:2 * n]
+        z_k, acc = saved[2 * n:]
+        opts = ctx.options
+        grads = _kernel(opts['kind']).bi_scan_bwd(
+            *fwd, *bwd, z_k, dout.to(fwd[0].dtype), acc, opts['softplus'],
+            opts['scale'])
+        g_f = _direction_grads(grads[:n], ctx.metas[0])
+        g_b = _direction_grads(grads[n:2 * n], ctx.metas[1])
+        dz = _cast_like(grads[2 * n], ctx.z_meta)
+        return (g_f['u'], g_f['delta'], g_f['A'], g_f['B'], g_f['C'],
+                g_f['D'], g_b['u'], g_b['delta'], g_b['A'], g_b['B'],
+                g_b['C'], g_b['D'], dz, g_f['delta_bias'], g_b['delta_bias'],
+                None, None, None)
 
 
 def selective_scan_kernel(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                           delta_softplus=False, return_last_state=False,
-                          reverse=False):
-    """Compiled twin of :func:`selective_scan_ref` (same arguments), on the
-    kernel of u's device."""
+                          reverse=False, kind=None):
+    """Compiled twin of :func:`selective_scan_ref` (same arguments) on the
+    kernel of ``kind`` (default: the one of u's device)."""
+    kind = kind or default_kind(u.device.type)
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias,
-                                       delta_softplus, return_last_state,
-                                       reverse)
+                                      delta_softplus, return_last_state,
+                                      reverse, kind)
     return (out, last) if return_last_state else out
 
 
 def bi_selective_scan_kernel(u, delta, A, B, C, D, u_b, delta_b, A_b, B_b,
                              C_b, D_b, z=None, delta_bias=None,
                              delta_bias_b=None, delta_softplus=False,
-                             divide_out=True):
+                             divide_out=True, kind=None):
     """Compiled twin of :func:`bi_selective_scan_ref`: both directions in one
-    kernel launch, on the kernel of u's device."""
+    kernel launch, on the kernel of ``kind`` (default: u's device's)."""
+    kind = kind or default_kind(u.device.type)
     return BiSelectiveScanFn.apply(u, delta, A, B, C, D, u_b, delta_b, A_b,
-                                    B_b, C_b, D_b, z, delta_bias,
-                                    delta_bias_b, delta_softplus, divide_out)
+                                   B_b, C_b, D_b, z, delta_bias,
+                                   delta_bias_b, delta_softplus, divide_out,
+                                   kind)

@@ -20,7 +20,7 @@
 // Layouts at the kernel boundary (prepared by mmvim/ops/selective_scan_cpu.py):
 //   u, delta, z, out: (b, E, L); A: (E, N); Bt, Ct: (b, G, L, N) (B and C
 //   transposed so a token's N values are adjacent); D, bias: (E,).
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <ATen/Parallel.h>
 
@@ -41,6 +41,7 @@ namespace {
 
 using mmvim_scan::DirTensors;
 using mmvim_scan::new_output;
+using mmvim_scan::Sizes;
 
 // exp, log for float written without calls so that loops vectorise:
 // Cody-Waite range reduction and a degree-7 polynomial (relative error
@@ -116,15 +117,9 @@ inline T sigmoid(T x) {
   return T(1) / (T(1) + fast_exp(-x));
 }
 
-// Tests set this so that every output starts as NaN: an element a kernel
-// forgets to write then fails the comparison with the reference.
 // channels per block: one 64-byte vector
 template <typename T>
 constexpr int kLanes = 64 / sizeof(T);
-
-struct Sizes {
-  int64_t batch, dim, length, state, groups;
-};
 
 // A block: channels e0 .. e0 + count - 1 of group g (count <= kLanes).
 struct Block {
@@ -360,53 +355,17 @@ void block_backward(const Direction<T>& dir, const Sizes& s, int64_t b,
   }
 }
 
-Sizes check_inputs(const std::vector<DirTensors>& dirs,
-                   const std::vector<torch::Tensor>& extra) {
-  const auto& u = dirs[0].u;
-  TORCH_CHECK(u.dim() == 3, "selective scan: u must be (batch, dim, length)");
-  TORCH_CHECK(dirs[0].Bt.dim() == 4,
-              "selective scan: Bt must be (batch, groups, length, state)");
-  Sizes s{u.size(0), u.size(1), u.size(2), dirs[0].A.size(1),
-          dirs[0].Bt.size(1)};
-  TORCH_CHECK(s.groups > 0 && s.dim % s.groups == 0,
-              "selective scan: B/C groups must divide the channels");
-  std::vector<torch::Tensor> all(extra);
-  for (const auto& d : dirs) {
-    all.insert(all.end(), {d.u, d.delta, d.A, d.Bt, d.Ct});
-    TORCH_CHECK(d.u.sizes() == u.sizes() && d.delta.sizes() == u.sizes(),
-                "selective scan: u and delta of every direction must be "
-                "(batch, dim, length) of the same size");
-    TORCH_CHECK(d.A.dim() == 2 && d.A.size(0) == s.dim &&
-                    d.A.size(1) == s.state,
-                "selective scan: A must be (dim, state)");
-    TORCH_CHECK(d.Bt.sizes() == dirs[0].Bt.sizes() &&
-                    d.Ct.sizes() == dirs[0].Bt.sizes() &&
-                    d.Bt.size(0) == s.batch && d.Bt.size(2) == s.length &&
-                    d.Bt.size(3) == s.state,
-                "selective scan: B and C must be (batch, groups, state, "
-                "length) matching u and A");
-    if (d.D) all.push_back(*d.D);
-    if (d.bias) all.push_back(*d.bias);
-  }
-  for (const auto& x : all) {
-    TORCH_CHECK(x.device().is_cpu(),
-                "selective scan CPU kernel: all inputs must be CPU tensors");
-    TORCH_CHECK(x.is_contiguous(),
-                "selective scan CPU kernel: inputs must be contiguous");
-    TORCH_CHECK(x.scalar_type() == u.scalar_type(),
-                "selective scan CPU kernel: all inputs must share u's dtype");
-  }
-  return s;
-}
+constexpr mmvim_scan::Backend kBackend{"CPU", c10::DeviceType::CPU,
+                                       /*float32_weights=*/false,
+                                       /*max_state=*/0};
 
 // Returns [out, acc, last_state]; acc = sum over directions of y (before
 // the scale and the z gate), kept for the backward pass.
-std::vector<torch::Tensor> forward_impl(const std::vector<DirTensors>& dirs,
-                                        const std::optional<torch::Tensor>& z,
+std::vector<at::Tensor> forward_impl(const std::vector<DirTensors>& dirs,
+                                        const std::optional<at::Tensor>& z,
                                         double scale, bool softplus,
                                         bool return_last_state) {
-  const Sizes s = check_inputs(
-      dirs, z ? std::vector<torch::Tensor>{*z} : std::vector<torch::Tensor>{});
+  const Sizes s = mmvim_scan::check_inputs(kBackend, dirs, z);
   const auto& u0 = dirs[0].u;
   auto out = new_output(u0.sizes(), u0.options());
   auto acc = new_output(u0.sizes(), u0.options());
@@ -459,31 +418,29 @@ _Pragma("omp simd")
 }
 
 // Returns per direction [du, ddelta, dA, dBt, dCt, dD, dbias], then dz.
-std::vector<torch::Tensor> backward_impl(const std::vector<DirTensors>& dirs,
-                                         const std::optional<torch::Tensor>& z,
-                                         const torch::Tensor& dout_in,
-                                         const torch::Tensor& acc,
+std::vector<at::Tensor> backward_impl(const std::vector<DirTensors>& dirs,
+                                         const std::optional<at::Tensor>& z,
+                                         const at::Tensor& dout_in,
+                                         const at::Tensor& acc,
                                          double scale, bool softplus) {
   auto dout = dout_in.contiguous();
-  std::vector<torch::Tensor> extra{dout, acc};
-  if (z) extra.push_back(*z);
-  const Sizes s = check_inputs(dirs, extra);
+  const Sizes s = mmvim_scan::check_inputs(kBackend, dirs, z, &dout, &acc);
   const int64_t L = s.length, N = s.state, G = s.groups;
   const size_t nd = dirs.size();
   const int threads = at::get_num_threads();
 
-  std::vector<torch::Tensor> grads;  // per direction, 7 entries
+  std::vector<at::Tensor> grads;  // per direction, 7 entries
   for (const auto& d : dirs) {
     grads.push_back(new_output(d.u.sizes(), d.u.options()));          // du
     grads.push_back(new_output(d.delta.sizes(), d.delta.options()));  // ddelta
-    grads.push_back(torch::zeros_like(d.A));                // dA
-    grads.push_back(torch::zeros_like(d.Bt));               // dBt
-    grads.push_back(torch::zeros_like(d.Ct));               // dCt
-    grads.push_back(torch::zeros({s.dim}, d.u.options()));  // dD
-    grads.push_back(torch::zeros({s.dim}, d.u.options()));  // dbias
+    grads.push_back(at::zeros_like(d.A));                // dA
+    grads.push_back(at::zeros_like(d.Bt));               // dBt
+    grads.push_back(at::zeros_like(d.Ct));               // dCt
+    grads.push_back(at::zeros({s.dim}, d.u.options()));  // dD
+    grads.push_back(at::zeros({s.dim}, d.u.options()));  // dbias
   }
   auto dz = z ? new_output(z->sizes(), z->options())
-              : torch::empty({0}, dout.options());
+              : at::empty({0}, dout.options());
 
   AT_DISPATCH_FLOATING_TYPES(dirs[0].u.scalar_type(), "selective_scan_bwd", [&] {
     using T = scalar_t;

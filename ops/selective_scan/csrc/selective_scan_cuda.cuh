@@ -17,11 +17,12 @@
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
-#include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
 
 #include "selective_scan_cuda.h"
+#include "simt.h"
 
 namespace mmvim_scan {
 
@@ -278,14 +279,14 @@ __global__ void __launch_bounds__(kThreads)
   void launch_scan_fwd<T>(const ScanParams& p, cudaStream_t stream) {        \
     const dim3 grid((p.dim + kThreads - 1) / kThreads, p.batch);             \
     MMVIM_SCAN_DISPATCH_N(p.state, [&] {                                     \
-      scan_fwd_kernel<T, kN><<<grid, kThreads, 0, stream>>>(p);              \
+      launch_kernel(scan_fwd_kernel<T, kN>, grid, kThreads, 0, stream, p);   \
     });                                                                      \
   }                                                                          \
   template <>                                                                \
   void launch_scan_bwd<T>(const ScanParams& p, cudaStream_t stream) {        \
     const dim3 grid((p.dim + kThreads - 1) / kThreads, p.batch);             \
     MMVIM_SCAN_DISPATCH_N(p.state, [&] {                                     \
-      scan_bwd_kernel<T, kN><<<grid, kThreads, 0, stream>>>(p);              \
+      launch_kernel(scan_bwd_kernel<T, kN>, grid, kThreads, 0, stream, p);   \
     });                                                                      \
   }
 

@@ -3,7 +3,7 @@
 // (selective_scan_cuda.cuh); plain C++, no device code.
 #pragma once
 
-#include <cuda_runtime.h>
+#include "simt.h"
 
 #include <cstdint>
 
