@@ -7,6 +7,7 @@ import json
 import os.path as osp
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -238,3 +239,142 @@ def test_paper_targets_at_1248(bench):
     rows[0]['memory_mib'] = 140.  # 14% of eager DeiT: misses 13.2%
     eager = bench.check_targets(bench.compare(rows), 'a GPU')[0]
     assert eager['baseline'] == 'deit-ti-eager' and not eager['memory_met']
+
+
+# ---- DeiT from timm (the GPU machine has timm, not mmpretrain) ----------
+
+def test_timm_deit_has_mmpretrains_parameters(bench):
+    pytest.importorskip('timm')
+    pytest.importorskip('mmpretrain')
+    for name, params in (('deit-ti-eager', 5_524_416),
+                         ('deit-s-sdpa', None)):
+        counts = {}
+        for impl in ('timm', 'mmpretrain'):
+            model = bench.build_model(name, 224, 'none', deit_impl=impl)
+            counts[impl] = sum(p.numel() for p in model.parameters())
+        assert counts['timm'] == counts['mmpretrain'], (name, counts)
+        if params is not None:  # DeiT-Ti at 224: 5.52 M without a head
+            assert counts['timm'] == params
+    # built for 738 (not a multiple of 16): the same 46x46 grid, the same
+    # position embedding, the same pyramid
+    outs, counts = {}, {}
+    for impl in ('timm', 'mmpretrain'):
+        model = bench.build_model('deit-ti-eager', 738, 'fpn', depth=1,
+                                  deit_impl=impl).eval()
+        counts[impl] = sum(p.numel() for p in model.parameters())
+        with torch.no_grad():
+            outs[impl] = model(torch.randn(1, 3, 738, 738))
+    assert counts['timm'] == counts['mmpretrain']
+    assert [o.shape for o in outs['timm']] == \
+        [o.shape for o in outs['mmpretrain']]
+    assert outs['timm'][2].shape == (1, 256, 46, 46)  # the stride-16 level
+
+
+def test_timm_attention_switch_gives_the_same_deit(bench):
+    pytest.importorskip('timm')
+    model = bench.build_model('deit-ti-sdpa', 48, 'none', depth=2,
+                              deit_impl='timm').eval()
+    switches = [m for m in model.modules() if hasattr(m, 'fused_attn')]
+    assert len(switches) == 2 and all(m.fused_attn for m in switches)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        sdpa, = model(x)
+        assert bench.set_timm_attention(model, 'eager') == 2
+        assert not any(m.fused_attn for m in switches)
+        eager, = model(x)
+    assert sdpa.shape == (2, 192, 3, 3)
+    torch.testing.assert_close(eager, sdpa, rtol=1e-4, atol=1e-5)
+    eager_model = bench.build_model('deit-ti-eager', 48, depth=1,
+                                    deit_impl='timm')
+    assert not any(m.fused_attn for m in eager_model.modules()
+                   if hasattr(m, 'fused_attn'))
+    with pytest.raises(ValueError, match='choose from eager, sdpa'):
+        bench.set_timm_attention(model, 'flash')
+
+
+def test_deit_impl_option_and_rows(bench, monkeypatch):
+    pytest.importorskip('timm')
+    args = bench.parse_args(['--device', 'cpu', '--resolutions', '32',
+                             '--depth', '1', '--models', 'vim-ti',
+                             'deit-ti-sdpa', '--deit-impl', 'timm',
+                             '--scan-impl', 'simt'])
+    assert args.deit_impl == 'timm' and args.scan_impl == 'simt'
+    assert bench.resolve_deit_impl('timm') == 'timm'
+    expected_auto = 'mmpretrain' if importlib.util.find_spec(
+        'mmpretrain') else 'timm'
+    assert bench.resolve_deit_impl('auto') == expected_auto
+    with pytest.raises(ValueError, match='choose from auto, mmpretrain'):
+        bench.resolve_deit_impl('torchvision')
+    monkeypatch.setattr(bench, 'measure',
+                        lambda model, x, mode, dtype, args: (.5, [.5], 1.))
+    rows = bench.run_grid('none', 'float32', 'inference', args, 'cpu')
+    assert [(r['model'], r['deit_impl'], r['scan_impl']) for r in rows] == \
+        [('vim-ti', None, 'cpu'), ('deit-ti-sdpa', 'timm', None)]
+    assert all(r['wall_seconds'] >= 0 for r in rows)
+
+
+def test_time_budget_skips_rows_with_the_reason(bench, monkeypatch):
+    args = bench.parse_args(['--device', 'cpu', '--resolutions', '32', '48',
+                             '64', '--depth', '1', '--models', 'vim-ti',
+                             'deit-ti-eager', '--time-budget', '60'])
+    assert args.time_budget == 60.
+    with pytest.raises(SystemExit):
+        bench.parse_args(['--device', 'cpu', '--time-budget', '0'])
+    measured = []
+
+    def measure(model, x, mode, dtype, args):
+        measured.append(x.shape[-1])
+        return .5, [.5], 1.
+
+    monkeypatch.setattr(bench, 'measure', measure)
+    # no time left: nothing runs, every listed row is there, skipped
+    rows = bench.run_grid('none', 'float32', 'inference', args, 'cpu',
+                          deadline=time.monotonic() - 1)
+    assert measured == []
+    assert [(r['model'], r['resolution'], r['status']) for r in rows] == [
+        (m, res, 'skipped') for res in (32, 48, 64)
+        for m in ('vim-ti', 'deit-ti-eager')]
+    assert all(r['reason'] == 'time budget used up' for r in rows)
+    # 30 s left, but an earlier row (another grid's) says DeiT at 16 px
+    # took 10 s: at 32 px, 2.5x the tokens, squared, about 62 s. Vim runs,
+    # DeiT's row and the rest of the grid are skipped
+    history = [dict(model='deit-ti-eager', mode='inference', status='ok',
+                    tokens=2, wall_seconds=10.)]
+    seen = []
+    rows = bench.run_grid('none', 'float32', 'inference', args, 'cpu',
+                          deadline=time.monotonic() + 30, history=history,
+                          on_row=seen.append)
+    assert [(r['model'], r['resolution'], r['status']) for r in rows] == [
+        ('vim-ti', 32, 'ok'), ('deit-ti-eager', 32, 'skipped'),
+        ('vim-ti', 48, 'skipped'), ('deit-ti-eager', 48, 'skipped'),
+        ('vim-ti', 64, 'skipped'), ('deit-ti-eager', 64, 'skipped')]
+    skipped = rows[1:]
+    assert all(r['reason'] == 'time budget: 30 s left, this row needs '
+               'about 62 s' for r in skipped)
+    assert seen == rows[:1]
+    # the report and the comparison take skipped rows
+    ratios = bench.compare(rows)
+    assert any(e['baseline_status'] == 'skipped' for e in ratios)
+    assert 'skipped' in bench.format_row(skipped[0])
+
+
+def test_partial_json_is_written_after_every_row(bench, tmp_path,
+                                                 monkeypatch):
+    out = tmp_path / 'eff.json'
+    sizes = []
+
+    def measure(model, x, mode, dtype, args):
+        # the file holds every row measured before this one
+        if out.exists():
+            sizes.append(len(json.loads(out.read_text())['rows']))
+        return .5, [.5], 1.
+
+    monkeypatch.setattr(bench, 'measure', measure)
+    monkeypatch.setattr(bench, 'plot', lambda rows, info, path: None)
+    bench.main(['--device', 'cpu', '--threads', '1', '--resolutions', '32',
+                '48', '--depth', '1', '--models', 'vim-ti', '--necks', 'none',
+                '--out', str(out)])
+    assert sizes == [1]
+    report = json.loads(out.read_text())
+    assert [r['resolution'] for r in report['rows']] == [32, 48]
+    assert report['deit_impl'] is None  # no DeiT in this run

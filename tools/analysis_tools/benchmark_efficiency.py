@@ -5,13 +5,16 @@
         [--resolutions 512 640 738 1024 1248] [--train-resolutions ...]
         [--grow-step 256] [--max-resolution 4096] [--necks none fpn]
         [--dtypes float32 bfloat16] [--modes inference train] [--batch 32]
-        [--warmup 3] [--repeats 10] [--scan-impl auto|ref|cpu|cuda]
+        [--warmup 3] [--repeats 10] [--scan-impl auto|ref|cpu|cuda|simt]
+        [--deit-impl auto|mmpretrain|timm] [--time-budget SECONDS]
         [--sdpa-backend auto|flash|efficient|math] [--threads N] [--depth N]
         [--out results.json] [--plot results.png]
     python tools/analysis_tools/benchmark_efficiency.py --replot results.json
 
 Models: Vim-Ti / Vim-S (``mmvim.models.Vim``) and DeiT-Ti / DeiT-S
-(mmpretrain's ``VisionTransformer``), DeiT with two attention paths:
+(mmpretrain's ``VisionTransformer``, or timm's with ``--deit-impl timm``:
+the same network, for machines without OpenMMLab's model zoos; ``auto``
+takes mmpretrain where it imports), DeiT with two attention paths:
 ``eager`` materialises the (B, heads, M, M) attention matrix as the DeiT /
 timm code of the paper's time did; ``sdpa`` is PyTorch's
 ``scaled_dot_product_attention`` (flash / memory-efficient kernels on a GPU),
@@ -25,7 +28,11 @@ Per (neck, dtype, mode) the resolutions run in ascending order, the models
 taking turns at each; on CUDA they keep growing by ``--grow-step`` after
 the listed ones until a model runs out of memory, passes
 ``--max-resolution`` or one call takes longer than ``--max-call-seconds``.
-An out-of-memory ends that model's series only.
+An out-of-memory ends that model's series only. ``--time-budget`` stops
+the run before a row that would not finish in time (estimated from the
+series' previous row); what was not run is listed as ``skipped`` rows with
+the reason. ``--out`` is rewritten after every row, so a run stopped from
+outside keeps what it measured.
 
 Measurement: ``--warmup`` untimed calls, then ``--repeats`` calls each timed
 on its own (``torch.cuda.synchronize`` before reading the clock on CUDA,
@@ -44,6 +51,7 @@ asserted. Without a GPU it runs the same grid on the CPU (small by default).
 import argparse
 import contextlib
 import datetime
+import functools
 import gc
 import json
 import os
@@ -69,6 +77,11 @@ MODEL_SPECS = {
     'deit-s-sdpa': dict(family='deit', arch='deit-small', embed_dims=384,
                         attention='sdpa'),
 }
+# DeiT shapes for the timm build (mmpretrain's arch_zoo holds the same):
+# embed dims, layers, heads; patch 16, MLP ratio 4, qkv bias, class token
+DEIT_ARCHS = {'deit-tiny': dict(embed_dims=192, num_layers=12, num_heads=3),
+              'deit-small': dict(embed_dims=384, num_layers=12, num_heads=6)}
+DEIT_IMPLS = ('auto', 'mmpretrain', 'timm')
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16,
           'float16': torch.float16}
 PAPER_RESOLUTIONS = [512, 640, 738, 1024, 1248]
@@ -126,10 +139,23 @@ def parse_args(argv=None):
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--scan-impl', default='auto',
-                        choices=['auto', 'ref', 'cpu', 'cuda'],
-                        help='selective scan of Vim (sets MMVIM_SCAN_IMPL); '
-                        "'auto' uses the reference on GPUs for now: pass "
-                        "'cuda' for the kernel")
+                        choices=['auto', 'ref', 'cpu', 'cuda', 'simt'],
+                        help='selective scan of Vim (sets MMVIM_SCAN_IMPL, '
+                        "as mmvim.ops.selective_scan takes it): 'auto' uses "
+                        'the CPU kernel on the CPU and the CUDA kernel on a '
+                        'GPU once it has passed a self-check there (else '
+                        "the reference, with a warning); 'cuda' makes a "
+                        "failed build or self-check an error; 'simt' runs "
+                        'the CUDA sources on the CPU under emulation (slow)')
+    parser.add_argument('--deit-impl', default='auto', choices=DEIT_IMPLS,
+                        help="which code builds DeiT: 'mmpretrain' "
+                        "(VisionTransformer), 'timm' (VisionTransformer with "
+                        "the DeiT shapes), 'auto': mmpretrain when it "
+                        'imports, else timm')
+    parser.add_argument('--time-budget', type=float,
+                        help='seconds for the whole run: a row that would '
+                        'not finish in time is not started (listed as '
+                        'skipped)')
     parser.add_argument('--sdpa-backend', default='auto',
                         choices=['auto', 'flash', 'efficient', 'math'],
                         help='restrict the SDPA DeiT rows to one backend')
@@ -172,6 +198,8 @@ def parse_args(argv=None):
         args.plot = os.path.splitext(args.replot or args.out)[0] + '.png'
     if args.repeats < 1 or args.warmup < 0 or args.batch < 1:
         parser.error('--repeats and --batch must be >= 1, --warmup >= 0')
+    if args.time_budget is not None and args.time_budget <= 0:
+        parser.error('--time-budget must be a positive number of seconds')
     return args
 
 
@@ -220,6 +248,27 @@ def set_attention(model, impl):
     return switched
 
 
+def set_timm_attention(model, impl):
+    """Make every timm attention module in ``model`` use ``impl``: 'sdpa'
+    is timm's fused path (``F.scaled_dot_product_attention``), 'eager' its
+    own ``softmax(q k^T * scale) v`` with the (B, heads, M, M) matrix
+    materialised, as :func:`eager_attention`. Returns how many modules were
+    switched.
+
+    timm's ``Attention`` reads its ``fused_attn`` attribute at every call
+    (set at construction from ``timm.layers.use_fused_attn()``).
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention '{impl}', choose from "
+                         f"{', '.join(ATTENTION_IMPLS)}")
+    switched = 0
+    for module in model.modules():
+        if hasattr(module, 'fused_attn'):
+            module.fused_attn = impl == 'sdpa'
+            switched += 1
+    return switched
+
+
 @contextlib.contextmanager
 def sdpa_backend(name):
     """Restrict ``F.scaled_dot_product_attention`` to one backend ('auto':
@@ -249,9 +298,69 @@ class BackboneWithNeck(nn.Module):
         return self.neck(feats) if self.neck is not None else feats
 
 
-def build_model(name, resolution, neck='none', depth=None):
+class TimmDeiT(nn.Module):
+    """DeiT built from timm's ``VisionTransformer`` for ``img_size`` x
+    ``img_size`` inputs, with the output of mmpretrain's
+    ``out_type='featmap'``: x (B, 3, H, W) -> ((B, D, Hp, Wp), ), the
+    final-normed patch tokens on the (H - 16) // 16 + 1 grid, class token
+    dropped.
+
+    The network is mmpretrain's DeiT (patch 16 without padding, class token,
+    learned position embedding, pre-norm blocks with MLP ratio 4 and a qkv
+    bias, final LayerNorm, no head): same parameters, same count.
+    """
+
+    def __init__(self, embed_dims, num_layers, num_heads, img_size,
+                 attention='sdpa'):
+        super().__init__()
+        from timm.models.vision_transformer import VisionTransformer
+        self.vit = VisionTransformer(
+            img_size=img_size, patch_size=16, embed_dim=embed_dims,
+            depth=num_layers, num_heads=num_heads, mlp_ratio=4.,
+            qkv_bias=True, class_token=True, global_pool='token',
+            num_classes=0)
+        if set_timm_attention(self.vit, attention) != num_layers:
+            raise RuntimeError(
+                'this timm version has no attention modules with a '
+                "'fused_attn' switch; the eager / SDPA rows need one: use "
+                '--deit-impl mmpretrain or another timm version')
+
+    def forward(self, x):
+        tokens = self.vit.forward_features(x)  # (B, 1 + Hp * Wp, D)
+        patches = tokens[:, self.vit.num_prefix_tokens:]
+        hp, wp = [(size - 16) // 16 + 1 for size in x.shape[-2:]]
+        # a view, as mmpretrain's featmap: no copy counted in the memory
+        return (patches.reshape(x.shape[0], hp, wp, -1).permute(0, 3, 1, 2),
+                )
+
+
+@functools.lru_cache(maxsize=None)
+def resolve_deit_impl(impl='auto'):
+    """'mmpretrain' or 'timm' for ``impl`` ('auto': mmpretrain when its
+    VisionTransformer imports, else timm); an error says what to install."""
+    if impl not in DEIT_IMPLS:
+        raise ValueError(f"unknown DeiT implementation '{impl}', choose "
+                         f"from {', '.join(DEIT_IMPLS)}")
+    if impl != 'auto':
+        return impl
+    try:
+        from mmpretrain.models.backbones import VisionTransformer  # noqa
+        return 'mmpretrain'
+    except ImportError as mmpretrain_error:
+        try:
+            import timm  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                'the DeiT rows need mmpretrain or timm, and neither imports '
+                f'({mmpretrain_error}); install one (pip install timm) or '
+                'leave the DeiT models out of --models') from None
+        return 'timm'
+
+
+def build_model(name, resolution, neck='none', depth=None, deit_impl='auto'):
     """The benchmarked model ``name`` built for ``resolution`` x
-    ``resolution`` inputs; its forward returns a tuple of maps."""
+    ``resolution`` inputs; its forward returns a tuple of maps. DeiT comes
+    from ``deit_impl`` ('mmpretrain', 'timm' or 'auto')."""
     spec = MODEL_SPECS[name]
     dims = spec['embed_dims']
     if spec['family'] == 'vim':
@@ -260,6 +369,12 @@ def build_model(name, resolution, neck='none', depth=None):
                                                        depth=depth)
         backbone = Vim(arch, img_size=resolution, out_type='featmap',
                        out_indices=-1)
+    elif resolve_deit_impl(deit_impl) == 'timm':
+        arch = dict(DEIT_ARCHS[spec['arch']])
+        if depth is not None:
+            arch['num_layers'] = depth
+        backbone = TimmDeiT(img_size=resolution,
+                            attention=spec['attention'], **arch)
     else:
         from mmpretrain.models.backbones import VisionTransformer
         arch = spec['arch']
@@ -405,18 +520,28 @@ def resolutions_of(args, mode):
             res += args.grow_step
 
 
+def new_row(name, neck, dtype, mode, res, args, scan_impl):
+    """What identifies a row: model, config, resolution, batch."""
+    spec = MODEL_SPECS[name]
+    is_vim = spec['family'] == 'vim'
+    return dict(model=name, family=spec['family'],
+                attention=spec.get('attention'),
+                scan_impl=scan_impl if is_vim else None,
+                deit_impl=None if is_vim else resolve_deit_impl(
+                    getattr(args, 'deit_impl', 'auto')),
+                neck=neck, dtype=dtype, mode=mode, resolution=res,
+                tokens=num_tokens(res), batch=args.batch)
+
+
 def run_one(name, neck, dtype, mode, res, args, scan_impl):
     """One row: build, measure, release; an out-of-memory is a row with
     status 'oom', any other error propagates."""
-    spec = MODEL_SPECS[name]
-    row = dict(model=name, family=spec['family'],
-               attention=spec.get('attention'),
-               scan_impl=scan_impl if spec['family'] == 'vim' else None,
-               neck=neck, dtype=dtype, mode=mode, resolution=res,
-               tokens=num_tokens(res), batch=args.batch)
+    row = new_row(name, neck, dtype, mode, res, args, scan_impl)
+    start = time.perf_counter()
     try:
         torch.manual_seed(0)
-        model = build_model(name, res, neck, args.depth).to(args.device)
+        model = build_model(name, res, neck, args.depth,
+                            row['deit_impl'] or 'auto').to(args.device)
         model.train(mode == 'train')
         x = torch.randn(args.batch, 3, res, res, device=args.device)
         seconds, times, memory = measure(model, x, mode, dtype, args)
@@ -428,30 +553,85 @@ def run_one(name, neck, dtype, mode, res, args, scan_impl):
         row.update(status='oom', error=str(err).split('\n')[0][:200])
     model = x = None
     release_memory(args.device)
+    # build + calls + release: what the time budget plans with
+    row['wall_seconds'] = time.perf_counter() - start
     print(format_row(row), flush=True)
     return row
 
 
-def run_grid(neck, dtype, mode, args, scan_impl):
+def expected_seconds(previous, name, res):
+    """Wall time a row of ``name`` at ``res`` should take, from an earlier
+    measured row of that model (None: no estimate): DeiT's attention grows
+    with the square of the tokens, Vim linearly."""
+    if previous is None or 'wall_seconds' not in previous:
+        return None
+    power = 2 if MODEL_SPECS[name]['family'] == 'deit' else 1
+    return previous['wall_seconds'] * (
+        num_tokens(res) / previous['tokens'])**power
+
+
+def run_grid(neck, dtype, mode, args, scan_impl, deadline=None,
+             on_row=None, history=()):
     """Every model at every resolution of one (neck, dtype, mode), the
     models taking turns at each resolution (a slow spell of the machine
     then hits all of them alike). A model stops at its first out-of-memory,
     or, past the listed resolutions, at a call slower than
-    ``--max-call-seconds``."""
-    listed_max = max(args.train_resolutions if mode == 'train' else
-                     args.resolutions)
-    stopped, rows = set(), []
+    ``--max-call-seconds``.
+
+    ``deadline`` (a ``time.monotonic()`` value): a row expected to end after
+    it is not started; it and the rest of the grid's listed rows come back
+    with status 'skipped' and the reason. The estimate comes from the
+    series' previous row, else from the latest row of the model in the same
+    mode in ``history`` (earlier measured rows). ``on_row(row)`` is called
+    after each measured row.
+    """
+    listed = args.train_resolutions if mode == 'train' else args.resolutions
+    stopped, rows, last = set(), [], {}
+    for row in history:
+        if row['mode'] == mode and row['status'] == 'ok':
+            last[row['model']] = row
     for res in resolutions_of(args, mode):
         running = [name for name in args.models if name not in stopped]
         if not running:
             break
-        for name in running:
+        for i, name in enumerate(running):
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                expected = expected_seconds(last.get(name), name, res) or 0.
+                if left < 1 or expected > left:
+                    reason = 'time budget used up' if left < 1 else (
+                        f'time budget: {left:.0f} s left, this row needs '
+                        f'about {expected:.0f} s')
+                    return rows + skipped_rows(
+                        running[i:], res, listed, stopped, reason, neck,
+                        dtype, mode, args, scan_impl)
             row = run_one(name, neck, dtype, mode, res, args, scan_impl)
             rows.append(row)
+            last[name] = row
+            if on_row is not None:
+                on_row(row)
             if row['status'] != 'ok' or (
                     row['seconds'] > args.max_call_seconds
-                    and res >= listed_max):
+                    and res >= max(listed)):
                 stopped.add(name)
+    return rows
+
+
+def skipped_rows(names, res, listed, stopped, reason, neck, dtype, mode,
+                 args, scan_impl):
+    """Rows of status 'skipped': ``names`` at ``res``, then every model not
+    stopped at the listed resolutions above ``res``."""
+    pending = [(name, res) for name in names] + [
+        (name, later) for later in listed if later > res
+        for name in args.models if name not in stopped]
+    rows = []
+    print(f'skipping {len(pending)} rows of {neck} / {dtype} / {mode}: '
+          f'{reason}', flush=True)
+    for name, at in pending:
+        row = new_row(name, neck, dtype, mode, at, args, scan_impl)
+        row.update(status='skipped', reason=reason)
+        print(format_row(row), flush=True)
+        rows.append(row)
     return rows
 
 
@@ -465,7 +645,8 @@ def format_row(row):
             f"{row['mode']:<10}{row['resolution']:>6}{row['tokens']:>7}"
             f"{row['batch']:>6}")
     if row['status'] != 'ok':
-        return head + f"{'OOM':>12}{'':>10}{'':>12}"
+        label = 'OOM' if row['status'] == 'oom' else row['status']
+        return head + f"{label:>12}{'':>10}{'':>12}"
     return head + (f"{row['fps']:>12.2f}{row['seconds'] * 1e3:>10.1f}"
                    f"{format_memory(row['memory_mib']):>12}")
 
@@ -548,9 +729,12 @@ def print_report(rows, ratios, targets, info):
         print(f"{'vim':<8}{'baseline':<15}{'neck':<6}{'dtype':<10}"
               f"{'mode':<10}{'res':>6}{'speed':>9}{'memory':>9}")
         for e in ratios:
-            speed = ('DeiT OOM' if e['baseline_status'] == 'oom' else
+            speed = (f"{e['fps_ratio']:.2f}x" if e['fps_ratio'] is not None
+                     else 'DeiT OOM' if e['baseline_status'] == 'oom' else
                      'Vim OOM' if e['vim_status'] == 'oom' else
-                     f"{e['fps_ratio']:.2f}x")
+                     'skipped' if 'skipped' in (e['vim_status'],
+                                                e['baseline_status']) else
+                     '-')
             memory = ('-' if e['memory_fraction'] is None else
                       f"{e['memory_fraction']:.1%}")
             print(f"{e['vim']:<8}{e['baseline']:<15}{e['neck']:<6}"
@@ -577,6 +761,9 @@ def plot(rows, info, path):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator
 
+    # skipped rows have nothing to draw; points go left to right
+    rows = sorted((r for r in rows if r['status'] in ('ok', 'oom')),
+                  key=lambda r: r['resolution'])
     panels = sorted({(r['mode'], r['neck']) for r in rows},
                     key=lambda p: (p[0] != 'inference', p[1] != 'none'))
     memories = [r['memory_mib'] for r in rows if r.get('memory_mib')]
@@ -610,6 +797,9 @@ def plot(rows, info, path):
                         **style)
         title = f"{'backbone' if neck == 'none' else 'backbone + FPN'}, " \
                 f'{mode}'
+        batches = sorted({r['batch'] for r in panel})
+        if len(batches) == 1:  # runs merged from several grids may differ
+            title += f', batch {batches[0]}'
         ax_fps.set(title=f'{title}: speed', xlabel='resolution (px)',
                    ylabel='images / s (log)', yscale='log')
         # 1-2-5 ticks: a curve may span less than a decade
@@ -638,9 +828,11 @@ def device_info(args, scan_impl):
         name = platform.processor() or platform.machine()
         threads = torch.get_num_threads()
         name = f"CPU {name}, {threads} thread{'s' if threads > 1 else ''}"
+    deit = any(MODEL_SPECS[m]['family'] == 'deit' for m in args.models)
     return dict(
         device=args.device, device_name=name, torch=torch.__version__,
         threads=torch.get_num_threads(), scan_impl=scan_impl,
+        deit_impl=resolve_deit_impl(args.deit_impl) if deit else None,
         sdpa_backend=args.sdpa_backend, batch=args.batch,
         warmup=args.warmup, repeats=args.repeats, depth_override=args.depth,
         tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
@@ -653,16 +845,9 @@ def device_info(args, scan_impl):
         load_average_at_start=list(os.getloadavg()))
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.replot:
-        with open(args.replot) as f:
-            result = json.load(f)
-        print_report(result['rows'], result['ratios'], result['targets'],
-                     result)
-        plot(result['rows'], result, args.plot)
-        print(f'\nwrote {args.plot}')
-        return
+def setup(args):
+    """Threads, scan implementation, DeiT code and cuDNN for a run of
+    ``args``; returns (scan_impl, info)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     # the scan dispatcher reads the variable at each call
@@ -676,26 +861,59 @@ def main(argv=None):
                                       for m in args.models):
             print('WARNING: Vim runs with the pure-PyTorch reference scan '
                   '(a Python loop over the tokens): its numbers say nothing '
-                  'about Vim. Pass --scan-impl cuda for the kernel.')
-    info = device_info(args, scan_impl)
+                  'about Vim. The CUDA kernel is not in use (the warning '
+                  'above says why); --scan-impl cuda makes that an error.')
+    return scan_impl, device_info(args, scan_impl)
+
+
+def save_results(rows, info, out, plot_path=None):
+    """Ratios and targets of ``rows``, all written as JSON to ``out`` (and
+    the PNG to ``plot_path``); returns (ratios, targets)."""
+    ratios = compare(rows)
+    targets = check_targets(ratios, info['device_name'])
+    for path in (out, plot_path):
+        if path and os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+    # written whole and renamed: a run stopped mid-write keeps the last file
+    with open(out + '.tmp', 'w') as f:
+        json.dump(dict(info, rows=rows, ratios=ratios, targets=targets), f,
+                  indent=2)
+    os.replace(out + '.tmp', out)
+    if plot_path:
+        plot(rows, info, plot_path)
+    return ratios, targets
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.replot:
+        with open(args.replot) as f:
+            result = json.load(f)
+        print_report(result['rows'], result['ratios'], result['targets'],
+                     result)
+        plot(result['rows'], result, args.plot)
+        print(f'\nwrote {args.plot}')
+        return
+    deadline = None if args.time_budget is None else \
+        time.monotonic() + args.time_budget
+    scan_impl, info = setup(args)
     print(TABLE_HEADER)
-    rows = []
+    rows, measured = [], []
+
+    def save_partial(row):
+        measured.append(row)
+        save_results(measured, info, args.out)
+
     for mode in args.modes:
         for neck in args.necks:
             for dtype in args.dtypes:
-                rows += run_grid(neck, dtype, mode, args, scan_impl)
-    ratios = compare(rows)
-    targets = check_targets(ratios, info['device_name'])
-    print_report(rows, ratios, targets, info)
-
-    for path in (args.out, args.plot):
-        if os.path.dirname(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+                rows += run_grid(neck, dtype, mode, args, scan_impl,
+                                 deadline=deadline, on_row=save_partial)
     info['load_average_at_end'] = list(os.getloadavg())
-    with open(args.out, 'w') as f:
-        json.dump(dict(info, rows=rows, ratios=ratios, targets=targets), f,
-                  indent=2)
-    plot(rows, info, args.plot)
+    ratios = compare(rows)
+    print_report(rows, ratios, check_targets(ratios, info['device_name']),
+                 info)
+    save_results(rows, info, args.out, args.plot)
     print(f'\nwrote {args.out} and {args.plot}')
 
 

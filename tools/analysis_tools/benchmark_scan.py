@@ -1,19 +1,30 @@
 """Benchmark the selective scan: reference, mmvim kernels, flip composition.
 
     python tools/analysis_tools/benchmark_scan.py [--device cpu|cuda]
-        [--cases vim-ti-224 vim-s-224 vim-ti-1248] [--out scan.json]
+        [--cases vim-ti-224 vim-s-224 vim-ti-1248] [--batch N]
+        [--warmup 1] [--repeats 5] [--ref-backward] [--ref-repeats N]
+        [--time-budget SECONDS] [--skip-model] [--out scan.json]
 
 Per case (the scan shapes of one Vim mixer layer) and implementation, the
 median time of the bidirectional scan forward and forward + backward:
 
-- ``ref``: the pure-PyTorch reference, both directions in one call;
+- ``ref``: the pure-PyTorch reference, both directions in one call (its
+  backward only with ``--ref-backward``: minutes on a CPU);
 - ``kernel``: mmvim's fused ``bi_selective_scan`` (CPU or CUDA kernel);
 - ``flip``: two single-direction kernel calls with the sequence flipped and
   flipped back, as the reference Vim code does it.
 
-On CUDA it also reports the bandwidth achieved against the bytes the fused
-forward must move. Then the end-to-end Vim-Ti forward at 224x224 (batch 1
-and 8) with the kernel and with the reference, per image. A table goes to
+Each row also gives the bandwidth achieved against the bytes the call must
+move at least (``scan_bytes``: the inputs read and the outputs written once,
+the same count for every implementation, so a copy, a flip or a re-read
+shows as a lower figure), and on CUDA that as a fraction of the GPU's peak
+memory bandwidth (from its memory clock and bus width) where PyTorch reports
+them. Then the end-to-end Vim-Ti forward at 224x224 (batch 1 and 8) with the
+kernel and with the reference, per image.
+
+``--time-budget`` skips a measurement that would not end in time (the
+forward + backward estimated at four forwards), listing it in ``skipped``
+with the reason; ``--out`` is rewritten after every case. A table goes to
 stdout and everything to JSON. Timings are for reading, never asserted.
 """
 import argparse
@@ -35,9 +46,12 @@ CASES = {
     'vim-s-224': (384, 197, 128),
     'vim-ti-1248': (192, 6085, 8),
 }
+STATE = 16  # N of every Vim layer
+# a forward + backward costs about this many forwards (for the time budget)
+BACKWARD_COST = 4
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available()
                         else 'cpu', choices=['cpu', 'cuda'])
@@ -45,14 +59,31 @@ def parse_args():
                         choices=list(CASES))
     parser.add_argument('--batch', type=int, default=None,
                         help='override the batch of every case')
+    parser.add_argument('--warmup', type=int, default=1,
+                        help='untimed calls before the timed ones')
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--ref-backward', action='store_true',
                         help='also time the reference forward+backward '
                         '(minutes on a CPU)')
+    parser.add_argument('--ref-repeats', type=int, default=None,
+                        help='timed calls of the reference (default: '
+                        '--repeats); it loops over the tokens in Python')
+    parser.add_argument('--time-budget', type=float, default=None,
+                        help='seconds for the whole run: a measurement '
+                        'that would not end in time is skipped')
     parser.add_argument('--skip-model', action='store_true',
                         help='skip the end-to-end Vim-Ti forward')
     parser.add_argument('--out', default='work_dirs/benchmark_scan.json')
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.ref_repeats is None:
+        args.ref_repeats = args.repeats
+    if min(args.repeats, args.ref_repeats) < 1 or args.warmup < 0:
+        parser.error('--repeats and --ref-repeats must be >= 1, --warmup '
+                     '>= 0')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda but no GPU is visible to PyTorch; use '
+                     '--device cpu')
+    return args
 
 
 def sync(device):
@@ -74,7 +105,7 @@ def median_time(fn, device, repeats, warmup=1):
 
 
 def make_inputs(dims, length, batch, device, requires_grad):
-    inner, state = 2 * dims, 16
+    inner = 2 * dims
     g = torch.Generator(device='cpu').manual_seed(0)
 
     def rand(*shape, scale=1.0, offset=0.0):
@@ -84,9 +115,9 @@ def make_inputs(dims, length, batch, device, requires_grad):
     def direction():
         return [rand(batch, inner, length),
                 rand(batch, inner, length, scale=.5, offset=-3.),
-                (-torch.rand(inner, state, generator=g) * 8 - .1).to(
+                (-torch.rand(inner, STATE, generator=g) * 8 - .1).to(
                     device).requires_grad_(requires_grad),
-                rand(batch, state, length), rand(batch, state, length),
+                rand(batch, STATE, length), rand(batch, STATE, length),
                 rand(inner)]
 
     fwd, bwd = direction(), direction()
@@ -118,52 +149,126 @@ def implementations(device):
     return impls, kernel_name
 
 
-def scan_bytes(dims, length, batch, itemsize=4):
-    """Bytes the fused forward must read and write: u, delta, z, B, C of
-    both directions in, out back."""
-    inner, state = 2 * dims, 16
-    per_dir = 2 * batch * inner * length + 2 * batch * state * length
-    return itemsize * (2 * per_dir + 2 * batch * inner * length)
+def scan_bytes(dims, length, batch, itemsize=4, backward=False):
+    """Bytes a bidirectional scan must move at least, each tensor once.
+
+    Forward: u, delta (b, E, L) and B, C (b, N, L) of both directions and z
+    read, the output (b, E, L) written (E = 2 * dims). ``backward=True``
+    adds the backward pass: the same inputs and the output gradient read
+    again, the gradients of u, delta, B, C of both directions and of z
+    written. The small A, D, delta_bias and what a kernel keeps between
+    the passes are left out: a lower bound.
+    """
+    inner = 2 * dims
+    data, state = batch * inner * length, batch * STATE * length
+    per_direction = 2 * data + 2 * state  # u, delta, B, C
+    forward = 2 * per_direction + data + data  # + z in, out
+    total = forward
+    if backward:
+        total += 2 * per_direction + 2 * data  # inputs, z and dout again
+        total += 2 * per_direction + data  # their gradients, dz
+    return itemsize * total
 
 
-def bench_case(name, impls, args):
+def peak_bandwidth(device):
+    """The GPU's peak memory bandwidth in bytes / s from its memory clock
+    (kHz) and bus width (bits), double data rate; None where PyTorch does
+    not report them (CPUs, CUDA versions without the fields)."""
+    if device != 'cuda':
+        return None
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    clock_khz = getattr(props, 'memory_clock_rate', 0) or 0
+    bus_bits = getattr(props, 'memory_bus_width', 0) or 0
+    if clock_khz <= 0 or bus_bits <= 0:
+        return None
+    return 2 * clock_khz * 1e3 * bus_bits / 8
+
+
+class Budget:
+    """Seconds left of ``--time-budget`` (None: unlimited)."""
+
+    def __init__(self, seconds):
+        self.deadline = None if seconds is None else \
+            time.monotonic() + seconds
+
+    def refuses(self, expected):
+        """The reason a measurement expected to take ``expected`` seconds
+        is not started, or None."""
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            return 'time budget used up'
+        if expected > left:
+            return (f'time budget: {left:.0f} s left, this needs about '
+                    f'{expected:.0f} s')
+        return None
+
+
+def bench_case(name, impls, args, budget, skipped, peak=None):
     dims, length, batch = CASES[name]
     batch = args.batch or batch
     rows = []
     for impl, fn in impls.items():
+        repeats = args.ref_repeats if impl == 'ref' else args.repeats
+        calls = args.warmup + repeats
         row = dict(case=name, impl=impl, batch=batch, tokens=length,
-                   channels=2 * dims)
+                   channels=2 * dims, repeats=repeats,
+                   forward_bytes=scan_bytes(dims, length, batch),
+                   forward_backward_bytes=scan_bytes(dims, length, batch,
+                                                     backward=True))
+        reason = budget.refuses(0.)
+        if reason:
+            skipped.append(dict(case=name, impl=impl, what='forward',
+                                reason=reason))
+            continue
         with torch.no_grad():
             fwd, bwd, extra = make_inputs(dims, length, batch, args.device,
                                           False)
             row['forward_s'] = median_time(lambda: fn(fwd, bwd, extra),
-                                           args.device, args.repeats)
+                                           args.device, repeats, args.warmup)
+        row['forward_GBps'] = row['forward_bytes'] / row['forward_s'] / 1e9
         if impl != 'ref' or args.ref_backward:
-            fwd, bwd, extra = make_inputs(dims, length, batch, args.device,
-                                          True)
-            grad = torch.ones(batch, 2 * dims, length, device=args.device)
+            reason = budget.refuses(BACKWARD_COST * row['forward_s'] * calls)
+            if reason:
+                skipped.append(dict(case=name, impl=impl,
+                                    what='forward+backward', reason=reason))
+            else:
+                fwd, bwd, extra = make_inputs(dims, length, batch,
+                                              args.device, True)
+                grad = torch.ones(batch, 2 * dims, length, device=args.device)
 
-            def step():
-                leaves = fwd + bwd + [extra['z']]
-                out = fn(fwd, bwd, extra)
-                torch.autograd.grad(out, leaves, grad)
+                def step():
+                    leaves = fwd + bwd + [extra['z']]
+                    out = fn(fwd, bwd, extra)
+                    torch.autograd.grad(out, leaves, grad)
 
-            row['forward_backward_s'] = median_time(step, args.device,
-                                                    args.repeats)
-        if args.device == 'cuda' and impl == 'kernel':
-            row['forward_GBps'] = scan_bytes(dims, length, batch) / \
-                row['forward_s'] / 1e9
+                row['forward_backward_s'] = median_time(
+                    step, args.device, repeats, args.warmup)
+                row['forward_backward_GBps'] = \
+                    row['forward_backward_bytes'] / \
+                    row['forward_backward_s'] / 1e9
+        if peak:
+            for key in ('forward', 'forward_backward'):
+                if f'{key}_GBps' in row:
+                    row[f'{key}_fraction_of_peak'] = \
+                        row[f'{key}_GBps'] * 1e9 / peak
         rows.append(row)
     return rows
 
 
-def bench_model(args):
+def bench_model(args, budget, skipped):
     """End-to-end Vim-Ti forward at 224 per image, kernel vs reference."""
     rows = []
     model = Vim('tiny').eval().to(args.device)
     for batch in (1, 8):
         x = torch.randn(batch, 3, 224, 224, device=args.device)
         for impl in ('auto', 'ref'):
+            reason = budget.refuses(0.)
+            if reason:
+                skipped.append(dict(case='vim-ti forward 224', batch=batch,
+                                    impl=impl, reason=reason))
+                continue
             os.environ['MMVIM_SCAN_IMPL'] = impl
             with torch.no_grad():
                 seconds = median_time(lambda: model(x), args.device,
@@ -172,46 +277,63 @@ def bench_model(args):
                              impl=select_scan_impl(args.device)
                              if impl == 'auto' else 'ref',
                              seconds=seconds, seconds_per_image=seconds / batch))
-        os.environ.pop('MMVIM_SCAN_IMPL')
+        os.environ.pop('MMVIM_SCAN_IMPL', None)
     return rows
 
 
-def print_table(scan_rows, model_rows, kernel_name):
+def print_table(scan_rows, model_rows, kernel_name, skipped=()):
     print(f'\nselective scan, both directions (kernel: {kernel_name})')
     print(f"{'case':<13}{'impl':<8}{'batch':>6}{'forward ms':>12}"
-          f"{'fwd+bwd ms':>12}{'GB/s':>8}")
+          f"{'GB/s':>8}{'fwd+bwd ms':>12}{'GB/s':>8}")
     for r in scan_rows:
         fb = r.get('forward_backward_s')
-        bw = r.get('forward_GBps')
         print(f"{r['case']:<13}{r['impl']:<8}{r['batch']:>6}"
-              f"{r['forward_s'] * 1e3:>12.1f}"
+              f"{r['forward_s'] * 1e3:>12.1f}{r['forward_GBps']:>8.2f}"
               f"{(fb * 1e3 if fb else float('nan')):>12.1f}"
-              f"{(bw if bw else float('nan')):>8.1f}")
+              f"{r.get('forward_backward_GBps', float('nan')):>8.2f}")
     if model_rows:
         print('\nVim-Ti forward at 224x224')
         print(f"{'impl':<8}{'batch':>6}{'s / forward':>13}{'s / image':>11}")
         for r in model_rows:
             print(f"{r['impl']:<8}{r['batch']:>6}{r['seconds']:>13.3f}"
                   f"{r['seconds_per_image']:>11.3f}")
+    for s in skipped:
+        what = ' '.join(str(s[k]) for k in ('case', 'impl', 'what', 'batch')
+                        if k in s)
+        print(f"skipped {what}: {s['reason']}")
 
 
-def main():
-    args = parse_args()
+def write(result, path):
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+        json.dump(result, f, indent=2)
+    os.replace(path + '.tmp', path)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    budget = Budget(args.time_budget)
     impls, kernel_name = implementations(args.device)
-    scan_rows = []
-    for case in args.cases:
-        scan_rows += bench_case(case, impls, args)
-    model_rows = [] if args.skip_model else bench_model(args)
-    print_table(scan_rows, model_rows, kernel_name)
+    peak = peak_bandwidth(args.device)
     device_name = (torch.cuda.get_device_name() if args.device == 'cuda' else
                    platform.processor() or platform.machine())
+    scan_rows, model_rows, skipped = [], [], []
     result = dict(device=args.device, device_name=device_name,
                   threads=torch.get_num_threads(), torch=torch.__version__,
-                  kernel=kernel_name, scan=scan_rows, model=model_rows)
-    if os.path.dirname(args.out):
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(result, f, indent=2)
+                  kernel=kernel_name, warmup=args.warmup,
+                  repeats=args.repeats, ref_repeats=args.ref_repeats,
+                  peak_bandwidth_GBps=None if peak is None else peak / 1e9,
+                  bytes_definition=scan_bytes.__doc__.split('\n')[0] +
+                  ' (inputs read and outputs written once; a lower bound)',
+                  scan=scan_rows, model=model_rows, skipped=skipped)
+    for case in args.cases:
+        scan_rows += bench_case(case, impls, args, budget, skipped, peak)
+        write(result, args.out)  # a run stopped from outside keeps this
+    if not args.skip_model:
+        model_rows += bench_model(args, budget, skipped)
+    print_table(scan_rows, model_rows, kernel_name, skipped)
+    write(result, args.out)
     print(f'\nwrote {args.out}')
 
 
