@@ -122,7 +122,7 @@ def build_flags(kind):
                 raise ValueError(f'{SANITIZE_ENV}={sanitize!r}: only '
                                  "'address' is supported")
             cflags = [f for f in cflags if f != '-O2'] + [
-                '-O1', '-g', '-fsanitize=address', '-fno-omit-frame-pointer']
+                '-O1', '-fsanitize=address', '-fno-omit-frame-pointer']
         return cflags, [], sanitize
     raise ValueError(f'unknown kernel kind {kind!r}, choose from {KINDS}')
 
