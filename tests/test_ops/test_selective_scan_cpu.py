@@ -19,6 +19,9 @@ from mmvim.ops.selective_scan_kernel import (bi_selective_scan_kernel,
                                              selective_scan_kernel)
 
 
+TINY_OP = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tiny_op')
+
+
 @pytest.fixture(scope='module', autouse=True)
 def kernel():
     """Skipped only where no C++ compiler exists: a failed build raises."""
@@ -224,22 +227,22 @@ def _run(code, env):
 
 
 def test_concurrent_first_use_builds_once(tmp_path):
-    """Two processes (DDP ranks) start together on an empty build cache."""
+    """Two processes (DDP ranks) start together on an empty build cache:
+    one builds under the loader's file lock, the other waits and loads it
+    (a tiny extension stands in for the kernels: same loader, seconds)."""
     env = dict(os.environ, MMVIM_EXTENSIONS_DIR=str(tmp_path))
-    code = """
-        import torch
-        from mmvim.ops import available_scan_impls, selective_scan
-        assert 'cpu' in available_scan_impls(), available_scan_impls()
-        u = torch.randn(1, 16, 5)
-        print(selective_scan(u, u.abs(), -torch.ones(16, 4),
-                             torch.randn(1, 4, 5), torch.randn(1, 4, 5)).shape)
+    code = f"""
+        from mmvim.ops.extension_loader import build_extension
+        print(build_extension('tiny_op', ['tiny_op.cpp'], kind='cpu',
+                              csrc={TINY_OP!r}).answer())
     """
     procs = [subprocess.Popen([sys.executable, '-c', textwrap.dedent(code)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env) for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
-    builds = sum(err.count('building the cpu selective_scan kernel')
+    assert all(out.strip() == '42' for out, _ in outputs), outputs
+    builds = sum(err.count('building the cpu tiny_op kernel')
                  for _, err in outputs)
     assert builds == 1, outputs
     assert len(list(tmp_path.iterdir())) == 1  # one hashed build directory
