@@ -37,3 +37,31 @@ def causal_conv1d(x, weight, bias=None, activation=None, reverse=False):
         raise ValueError(f"unknown activation '{activation}', "
                          "choose None or 'silu'")
     return out
+
+
+def causal_conv1d_tokens(x, weight, bias=None, reverse=False):
+    """:func:`causal_conv1d` on token-major input, without a transpose.
+
+    ``out[:, t] = bias + sum_k w[:, k] * x[:, t - (K-1) + k]`` (causal), or
+    ``x[:, t + (K-1) - k]`` for ``reverse`` (anti-causal), as a sum of K
+    shifted slices: element-wise work on the (b, L, E) layout the linear
+    layers produce.
+
+    Args:
+        x: (b, L, E), any strides.
+        weight: (E, 1, K) or (E, K).
+        bias: (E,) or None.
+
+    Returns:
+        (b, L, E) in the promoted dtype of x and weight.
+    """
+    weight = weight.reshape(weight.shape[0], -1)
+    width, length = weight.shape[1], x.shape[1]
+    pad = (0, 0, width - 1, 0) if not reverse else (0, 0, 0, width - 1)
+    xp = F.pad(x, pad)
+    out = None
+    for k in range(width):
+        start = k if not reverse else width - 1 - k
+        term = xp[:, start:start + length] * weight[:, k]
+        out = term if out is None else out + term
+    return out if bias is None else out + bias

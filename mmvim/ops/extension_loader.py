@@ -151,12 +151,10 @@ def compiler_available(kind):
     return shutil.which(os.environ.get('CXX', 'c++')) is not None
 
 
-@contextlib.contextmanager
-def _cpp_extension(kind):
-    """torch.utils.cpp_extension, pointed at our CUDA toolkit for the
-    duration of a build only."""
-    # its import logs that a CPU-only machine has no CUDA runtime: true,
-    # and no concern of ours
+def cpp_extension_quiet():
+    """torch.utils.cpp_extension, imported without the notice its import
+    logs on a machine with no CUDA runtime (true, and no concern of ours);
+    the logger's level is restored afterwards."""
     log = logging.getLogger('torch.utils.cpp_extension')
     level = log.level
     log.setLevel(logging.ERROR)
@@ -164,6 +162,14 @@ def _cpp_extension(kind):
         from torch.utils import cpp_extension
     finally:
         log.setLevel(level)
+    return cpp_extension
+
+
+@contextlib.contextmanager
+def _cpp_extension(kind):
+    """torch.utils.cpp_extension, pointed at our CUDA toolkit for the
+    duration of a build only."""
+    cpp_extension = cpp_extension_quiet()
     saved = cpp_extension.CUDA_HOME
     if kind == 'cuda':
         cpp_extension.CUDA_HOME = cuda_home()

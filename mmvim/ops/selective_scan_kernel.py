@@ -1,15 +1,18 @@
-"""Autograd functions around the compiled selective-scan kernels.
+"""Autograd functions around the compiled selective-scan kernels, with the
+Mamba interface.
 
 One wrapper serves the three builds of ``ops/selective_scan/csrc``: the CPU
 kernel (``selective_scan_cpu.cpp``), the CUDA kernel
 (``selective_scan_cuda*``) and that same CUDA kernel run on the CPU under
-the SIMT emulation (kind ``simt``, on CPU tensors). They export the same
-functions. The CPU kernel computes in float32 (float64 for float64 inputs);
-the CUDA kernel keeps float16 / bfloat16 data (u, delta, z) as they are,
-with float32 weights (A, B, C, D, delta_bias), state and accumulator. The
-output comes back in u's dtype and every gradient in its input's dtype. B
-and C are handed over transposed to (batch, G, L, N), so that the N values
-of one token are adjacent in memory.
+the SIMT emulation (kind ``simt``, on CPU tensors). They share one
+interface (``selective_scan_interface.h``): token-major (b, L, E) tensors
+read through their strides, so the Mamba layouts here, (b, E, L) for u,
+delta, z and (b, N, L) / (b, G, N, L) / (E, N) for B and C, reach the
+kernels as views (no copies); the output (b, L, E) comes back as a (b, E, L)
+view. The CPU kernel computes in float32 (float64 for float64 inputs); the
+CUDA kernel keeps float16 / bfloat16 data as they are, with float32 A, D,
+delta_bias, state and accumulators, and B / C in the data dtype or float32.
+Every gradient comes back in its input's dtype and layout.
 """
 import os
 
@@ -44,160 +47,137 @@ def default_kind(device_type):
     return 'cuda' if device_type == 'cuda' else 'cpu'
 
 
-def _kernel(kind):
+def kernel_module(kind):
+    """The built extension of ``kind``, its poisoning set from the
+    environment (MMVIM_SCAN_POISON)."""
     module = build_kernel(kind)
     module.set_poison_outputs(os.environ.get(POISON_ENV, '0') == '1')
     return module
 
 
-def _dtypes(kind, u):
-    """(data dtype, weight dtype) the kernel of ``kind`` computes with."""
+def compute_dtypes(kind, x):
+    """(data dtype, weight dtype) the kernel of ``kind`` computes with for
+    data x."""
     if kind in ('cuda', 'simt'):
-        data = u.dtype if u.dtype in _CUDA_DATA_DTYPES else torch.float32
+        data = x.dtype if x.dtype in _CUDA_DATA_DTYPES else torch.float32
         return data, torch.float32
-    wide = torch.float64 if u.dtype == torch.float64 else torch.float32
+    wide = torch.float64 if x.dtype == torch.float64 else torch.float32
     return wide, wide
 
 
-def _prep(x, dtype):
-    return None if x is None else x.to(dtype).contiguous()
+def bc_dtype(data, weight, B, C):
+    """B and C stay in the data dtype where both have it; otherwise both go
+    to the weight dtype (float32 on CUDA)."""
+    return data if B.dtype == data and C.dtype == data else weight
 
 
-def _prep_bc(x, dtype):
-    """(b, N, L) or (b, G, N, L) -> contiguous (b, G, L, N)."""
+def _to(x, dtype):
+    """x in dtype (its strides kept), None stays None."""
+    return None if x is None else x.to(dtype)
+
+
+def bc_view(x, batch, length, dim):
+    """B or C of the Mamba interface -> the kernel's (b, L, G, N) view:
+    (b, N, L) -> G = 1; (b, G, N, L); (E, N) -> shared over batch and
+    tokens, one group per channel."""
+    if x.dim() == 2:
+        return x.view(1, 1, dim, x.shape[1]).expand(batch, length, -1, -1)
     if x.dim() == 3:
-        x = x.unsqueeze(1)
-    return x.to(dtype).transpose(-1, -2).contiguous()
+        return x.permute(0, 2, 1).unsqueeze(2)
+    return x.permute(0, 3, 1, 2)
 
 
-def _meta(x):
-    """(dtype, ndim) of an input, None when absent: what backward needs to
-    hand its gradient back in the input's layout and dtype."""
-    return None if x is None else (x.dtype, x.dim())
+def bc_grad(grad, x):
+    """The kernel's dB (b or 1, L or 1, G, N) -> the layout and dtype of
+    the Mamba-interface input x."""
+    if x.dim() == 2:
+        grad = grad.view(x.shape)
+    elif x.dim() == 3:
+        grad = grad.squeeze(2).permute(0, 2, 1)
+    else:
+        grad = grad.permute(0, 2, 3, 1)
+    return grad.to(x.dtype)
 
 
-def _cast_like(grad, meta):
-    return None if meta is None else grad.to(meta[0])
+def _grad_like(grad, x):
+    return None if x is None else grad.to(x.dtype)
 
 
-def _bc_grad(grad, meta):
-    """Kernel gradient (b, G, L, N) -> the layout and dtype of the input."""
-    grad = grad.transpose(-1, -2)
-    if meta[1] == 3:
-        grad = grad.squeeze(1)
-    return grad.to(meta[0])
+def _mamba_direction(kind, u, delta, A, B, C, D, delta_bias):
+    """One direction of the Mamba interface as the kernel's list [x,
+    conv_weight, conv_bias, delta, A, B, C, D, delta_bias] (no conv)."""
+    data, weight = compute_dtypes(kind, u)
+    batch, dim, length = u.shape
+    bcd = bc_dtype(data, weight, B, C)
+    return [_to(u, data).transpose(1, 2), None, None,
+            _to(delta, data).transpose(1, 2), _to(A, weight).contiguous(),
+            bc_view(_to(B, bcd), batch, length, dim),
+            bc_view(_to(C, bcd), batch, length, dim),
+            None if D is None else _to(D, weight).contiguous(),
+            None if delta_bias is None else _to(delta_bias,
+                                                 weight).contiguous()]
 
 
-_DIRECTION = ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')
-
-
-def _prep_direction(data, weight, u, delta, A, B, C, D, delta_bias):
-    """One direction's tensors as the kernel takes them (the order of its
-    arguments: u, delta, A, Bt, Ct, D, bias)."""
-    return [_prep(u, data), _prep(delta, data), _prep(A, weight),
-            _prep_bc(B, weight), _prep_bc(C, weight), _prep(D, weight),
-            _prep(delta_bias, weight)]
-
-
-def _direction_grads(grads, metas):
-    """Kernel gradients [du, ddelta, dA, dBt, dCt, dD, dbias] of one
-    direction -> dict by input name, in each input's dtype and layout."""
-    out = {}
-    for name, grad in zip(_DIRECTION, grads):
-        meta = metas[name]
-        out[name] = _bc_grad(grad, meta) if name in ('B', 'C') else \
-            _cast_like(grad, meta)
-    return out
+def _direction_grads(grads, inputs):
+    """Kernel gradients [du, ddelta, dA, dB, dC, dD, dbias] of one
+    direction -> those of its inputs (u, delta, A, B, C, D, delta_bias)."""
+    du, ddelta, dA, dB, dC, dD, dbias = grads
+    u, delta, A, B, C, D, delta_bias = inputs
+    return [du.transpose(1, 2).to(u.dtype),
+            ddelta.transpose(1, 2).to(delta.dtype), dA.to(A.dtype),
+            bc_grad(dB, B), bc_grad(dC, C), _grad_like(dD, D),
+            _grad_like(dbias, delta_bias)]
 
 
 class SelectiveScanFn(torch.autograd.Function):
+    """One or two directions of the Mamba-interface selective scan."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                return_last_state, reverse, kind):
-        data, weight = _dtypes(kind, u)
-        direction = _prep_direction(data, weight, u, delta, A, B, C, D,
-                                    delta_bias)
-        z_k = _prep(z, data)
-        out, acc, last = _kernel(kind).scan_fwd(
-            *direction, z_k, bool(delta_softplus), bool(reverse),
-            bool(return_last_state))
-        ctx.save_for_backward(*direction, z_k, acc)
-        ctx.metas = {name: _meta(x) for name, x in zip(
-            _DIRECTION, (u, delta, A, B, C, D, delta_bias))}
-        ctx.z_meta = _meta(z)
-        ctx.options = dict(softplus=bool(delta_softplus),
-                           reverse=bool(reverse), kind=kind)
+    def forward(ctx, kind, reverse, z, delta_softplus, scale,
+                return_last_state, *directions):
+        ndirs = len(reverse)
+        inputs = [directions[7 * k:7 * k + 7] for k in range(ndirs)]
+        kernel_dirs = [_mamba_direction(kind, *d) for d in inputs]
+        data = kernel_dirs[0][0].dtype
+        z_k = None if z is None else _to(z, data).transpose(1, 2)
+        out, states, last = kernel_module(kind).scan_fwd(
+            kernel_dirs, list(reverse), z_k, bool(delta_softplus),
+            float(scale), bool(return_last_state))
+        ctx.save_for_backward(z, states, *directions)
+        ctx.options = dict(kind=kind, reverse=list(reverse), ndirs=ndirs,
+                           softplus=bool(delta_softplus), scale=float(scale))
         ctx.mark_non_differentiable(last)
-        return out.to(u.dtype), last
+        return out.transpose(1, 2).to(directions[0].dtype), last
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        *direction, z_k, acc = ctx.saved_tensors
+        z, states, *directions = ctx.saved_tensors
         opts = ctx.options
-        *grads, dz = _kernel(opts['kind']).scan_bwd(
-            *direction, z_k, dout.to(direction[0].dtype), acc,
-            opts['softplus'], opts['reverse'])
-        g = _direction_grads(grads, ctx.metas)
-        return (g['u'], g['delta'], g['A'], g['B'], g['C'], g['D'],
-                _cast_like(dz, ctx.z_meta), g['delta_bias'], None, None,
-                None, None)
-
-
-class BiSelectiveScanFn(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, u_b, delta_b, A_b, B_b, C_b, D_b,
-                z, delta_bias, delta_bias_b, delta_softplus, divide_out,
-                kind):
-        data, weight = _dtypes(kind, u)
-        fwd = _prep_direction(data, weight, u, delta, A, B, C, D, delta_bias)
-        bwd = _prep_direction(data, weight, u_b, delta_b, A_b, B_b, C_b, D_b,
-                              delta_bias_b)
-        z_k = _prep(z, data)
-        scale = 0.5 if divide_out else 1.0
-        out, acc, _ = _kernel(kind).bi_scan_fwd(
-            *fwd, *bwd, z_k, bool(delta_softplus), scale)
-        ctx.save_for_backward(*fwd, *bwd, z_k, acc)
-        ctx.metas = (
-            {name: _meta(x) for name, x in zip(
-                _DIRECTION, (u, delta, A, B, C, D, delta_bias))},
-            {name: _meta(x) for name, x in zip(
-                _DIRECTION, (u_b, delta_b, A_b, B_b, C_b, D_b,
-                             delta_bias_b))})
-        ctx.z_meta = _meta(z)
-        ctx.options = dict(softplus=bool(delta_softplus), scale=scale,
-                           kind=kind)
-        return out.to(u.dtype)
-
-    @staticmethod
-    def backward(ctx, dout):
-        saved = ctx.saved_tensors
-        n = len(_DIRECTION)
-        fwd, bwd = saved[:n], saved[n:2 * n]
-        z_k, acc = saved[2 * n:]
-        opts = ctx.options
-        grads = _kernel(opts['kind']).bi_scan_bwd(
-            *fwd, *bwd, z_k, dout.to(fwd[0].dtype), acc, opts['softplus'],
+        inputs = [directions[7 * k:7 * k + 7] for k in range(opts['ndirs'])]
+        kernel_dirs = [_mamba_direction(opts['kind'], *d) for d in inputs]
+        data = kernel_dirs[0][0].dtype
+        z_k = None if z is None else _to(z, data).transpose(1, 2)
+        *grads, dz = kernel_module(opts['kind']).scan_bwd(
+            kernel_dirs, opts['reverse'], z_k,
+            dout.to(data).transpose(1, 2), states, opts['softplus'],
             opts['scale'])
-        g_f = _direction_grads(grads[:n], ctx.metas[0])
-        g_b = _direction_grads(grads[n:2 * n], ctx.metas[1])
-        dz = _cast_like(grads[2 * n], ctx.z_meta)
-        return (g_f['u'], g_f['delta'], g_f['A'], g_f['B'], g_f['C'],
-                g_f['D'], g_b['u'], g_b['delta'], g_b['A'], g_b['B'],
-                g_b['C'], g_b['D'], dz, g_f['delta_bias'], g_b['delta_bias'],
-                None, None, None)
+        direction_grads = []
+        for k, d in enumerate(inputs):
+            direction_grads += _direction_grads(grads[7 * k:7 * k + 7], d)
+        dz = None if z is None else dz.transpose(1, 2).to(z.dtype)
+        return (None, None, dz, None, None, None, *direction_grads)
 
 
 def selective_scan_kernel(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                           delta_softplus=False, return_last_state=False,
                           reverse=False, kind=None):
-    """Compiled twin of :func:`selective_scan_ref` (same arguments) on the
-    kernel of ``kind`` (default: the one of u's device)."""
+    """Compiled twin of :func:`selective_scan_ref` (same arguments; B and C
+    may also be constant (E, N)) on the kernel of ``kind`` (default: the
+    one of u's device)."""
     kind = kind or default_kind(u.device.type)
-    out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias,
-                                      delta_softplus, return_last_state,
-                                      reverse, kind)
+    out, last = SelectiveScanFn.apply(kind, (bool(reverse), ), z,
+                                      delta_softplus, 1.0, return_last_state,
+                                      u, delta, A, B, C, D, delta_bias)
     return (out, last) if return_last_state else out
 
 
@@ -208,7 +188,8 @@ def bi_selective_scan_kernel(u, delta, A, B, C, D, u_b, delta_b, A_b, B_b,
     """Compiled twin of :func:`bi_selective_scan_ref`: both directions in one
     kernel launch, on the kernel of ``kind`` (default: u's device's)."""
     kind = kind or default_kind(u.device.type)
-    return BiSelectiveScanFn.apply(u, delta, A, B, C, D, u_b, delta_b, A_b,
-                                   B_b, C_b, D_b, z, delta_bias,
-                                   delta_bias_b, delta_softplus, divide_out,
-                                   kind)
+    out, _ = SelectiveScanFn.apply(
+        kind, (False, True), z, delta_softplus, 0.5 if divide_out else 1.0,
+        False, u, delta, A, B, C, D, delta_bias, u_b, delta_b, A_b, B_b, C_b,
+        D_b, delta_bias_b)
+    return out

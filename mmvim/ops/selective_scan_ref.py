@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 
 
-def _expand_groups(BC, dim):
-    """(b, N, L) or (b, G, N, L) -> (b, E, N, L) view, E = dim."""
+def _expand_groups(BC, dim, batch, length):
+    """(b, N, L), (b, G, N, L) or constant (E, N) -> (b, E, N, L), E = dim."""
+    if BC.dim() == 2:
+        return BC[None, :, :, None].expand(batch, -1, -1, length)
     if BC.dim() == 3:
         return BC.unsqueeze(1).expand(-1, dim, -1, -1)
     groups = BC.shape[1]
@@ -41,7 +43,8 @@ def selective_scan_ref(u,
     Args:
         u, delta, z: (b, E, L).
         A: (E, N), real.
-        B, C: (b, N, L) or grouped (b, G, N, L).
+        B, C: (b, N, L), grouped (b, G, N, L), or constant (E, N) (the
+            same for every batch element and token).
         D, delta_bias: (E,).
         delta_softplus: apply softplus to ``delta + delta_bias``.
         return_last_state: also return the final state h (b, E, N).
@@ -61,8 +64,8 @@ def selective_scan_ref(u,
         delta = F.softplus(delta)
     batch, dim, length = u.shape
     A = A.to(acc)
-    B = _expand_groups(B.to(acc), dim)
-    C = _expand_groups(C.to(acc), dim)
+    B = _expand_groups(B.to(acc), dim, batch, length)
+    C = _expand_groups(C.to(acc), dim, batch, length)
 
     # (b, E, L, N) decay and input terms, then a sequential recurrence.
     # unbind: per-token views whose backward stacks the L gradients once

@@ -1,5 +1,6 @@
 """The CUDA scan kernels compiled for sm_90 (H100 / H200) with ptxas's
-resource report: the kernels for N <= 16 (Vim's state size) must not spill
+resource report: the kernels serving N <= 16 (Vim's state size; the
+token-parallel kernels take any N up to 256 at run time) must not spill
 registers. Runs wherever nvcc is; no GPU needed. The report is saved to
 work_dirs/ptxas_sm_90.txt."""
 import os.path as osp
@@ -25,10 +26,19 @@ def test_sm90_kernels_for_n16_do_not_spill():
         capture_output=True, text=True, timeout=900, cwd=REPO)
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
-    # forward and backward for each of the three data types
-    rows = [line for line in result.stdout.splitlines()
-            if 'scan_' in line and '_kernel<' in line]
-    n16 = [line for line in rows if ', 16>' in line]
-    assert len(n16) == 6, result.stdout
-    assert 'no spills in the 6 kernels for N <= 16' in result.stdout
+    # forward and backward for each (data, B/C) dtype pair the launchers
+    # dispatch to, and the gate-gradient kernel of each data type
+    rows = [line.split() for line in result.stdout.splitlines()
+            if line.startswith('mmvim_scan::')]
+    pairs = ['float, float', 'c10::Half, c10::Half', 'c10::Half, float',
+             'c10::BFloat16, c10::BFloat16', 'c10::BFloat16, float']
+    for pair in pairs:
+        for kind in ('fwd', 'bwd'):
+            assert f'mmvim_scan::scan_{kind}_kernel<{pair}>' in \
+                ' '.join(' '.join(r[:2]) for r in rows), (kind, pair)
+    assert len(rows) == 13, result.stdout
+    for row in rows:  # name (2 words for a pair), regs, stack, spills, smem
+        regs, stack, stores, loads = (int(v) for v in row[-5:-1])
+        assert stores == 0 and loads == 0, row
+    assert 'no spills in the 13 kernels for N <= 16' in result.stdout
     assert osp.getsize(out) > 0

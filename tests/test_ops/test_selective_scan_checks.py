@@ -3,7 +3,7 @@ out-of-bounds read, a division by zero or uninitialised output.
 
 The checks live once in ``selective_scan_interface.h``; they run here on the
 CPU kernel and on the CUDA kernel under the SIMT emulation, called directly
-(the Python wrapper would reshape or copy some of these away).
+(the Python wrappers would reshape or copy some of these away).
 """
 import pytest
 import torch
@@ -21,79 +21,111 @@ def kernel(request):
     return build_kernel(request.param)
 
 
-def _args(batch=2, dim=8, length=5, state=4, groups=1):
+def _direction(batch=2, length=5, dim=8, state=4, groups=1, conv=True):
+    """A valid direction as a dict of the kernel's list entries."""
     g = torch.Generator().manual_seed(0)
     return dict(
-        u=torch.randn(batch, dim, length, generator=g),
-        delta=torch.rand(batch, dim, length, generator=g),
+        x=torch.randn(batch, length, dim, generator=g),
+        conv_weight=torch.randn(dim, 4, generator=g) if conv else None,
+        conv_bias=torch.randn(dim, generator=g) if conv else None,
+        delta=torch.rand(batch, length, dim, generator=g),
         A=-torch.rand(dim, state, generator=g),
-        Bt=torch.randn(batch, groups, length, state, generator=g),
-        Ct=torch.randn(batch, groups, length, state, generator=g),
-        D=torch.randn(dim, generator=g), bias=torch.randn(dim, generator=g),
-        z=torch.randn(batch, dim, length, generator=g))
+        B=torch.randn(batch, length, groups, state, generator=g),
+        C=torch.randn(batch, length, groups, state, generator=g),
+        D=torch.randn(dim, generator=g), bias=torch.randn(dim, generator=g))
 
 
-def _fwd(kernel, a, last=True):
-    return kernel.scan_fwd(a['u'], a['delta'], a['A'], a['Bt'], a['Ct'],
-                           a['D'], a['bias'], a['z'], True, False, last)
+NAMES = ['x', 'conv_weight', 'conv_bias', 'delta', 'A', 'B', 'C', 'D',
+         'bias']
 
 
-def _bwd(kernel, a, dout, acc):
-    return kernel.scan_bwd(a['u'], a['delta'], a['A'], a['Bt'], a['Ct'],
-                           a['D'], a['bias'], a['z'], dout, acc, True, False)
+def _listed(d):
+    return [d[name] for name in NAMES]
+
+
+def _fwd(kernel, d, z=None, last=True, second=None):
+    dirs = [_listed(d)] + ([_listed(second)] if second else [])
+    reverse = [False, True][:len(dirs)]
+    return kernel.scan_fwd(dirs, reverse, z, True, 1.0, last)
 
 
 @pytest.mark.parametrize('name,value,message', [
     ('D', torch.ones(7), r'D must be \(dim,\) = \(8,\), got \[7\]'),
     ('D', torch.ones(2, 8), r'D must be \(dim,\) = \(8,\), got \[2, 8\]'),
     ('bias', torch.ones(9), r'delta_bias must be \(dim,\) = \(8,\)'),
-    ('z', torch.ones(2, 8, 4), r'z must be \(batch, dim, length\) = '
-     r'\[2, 8, 5\], got \[2, 8, 4\]'),
-    ('Bt', torch.ones(2, 0, 5, 4), r'B and C have 0 groups, which must be '
-     r'at least 1 and divide the 8 channels'),
-    ('Bt', torch.ones(2, 3, 5, 4), r'3 groups, which must be at least 1 and '
-     r'divide the 8 channels'),
-    ('Ct', torch.ones(2, 1, 5, 3), r'B and C must be \(batch, groups, '
-     r'length, state\) = \[2, 1, 5, 4\]'),
+    ('conv_bias', torch.ones(3), r'conv_bias must be \(dim,\) = \(8,\)'),
+    ('B', torch.ones(2, 5, 0, 4), r'B has 0 groups, which must be at least '
+     r'1 and divide the 8 channels'),
+    ('C', torch.ones(2, 5, 3, 4), r'C has 3 groups, which must be at least '
+     r'1 and divide the 8 channels'),
+    ('C', torch.ones(2, 5, 1, 3), r'C must be \(batch, length, groups, '
+     r'state\) = \(2, 5, G, 4\), got \[2, 5, 1, 3\]'),
     ('A', torch.ones(8, 4, 1), r'A must be \(dim, state\)'),
-    ('delta', torch.ones(2, 8, 6), r'u and delta of every direction must be'),
-    ('u', torch.ones(2, 8, 5, dtype=torch.int32), r'u must be float'),
+    ('delta', torch.ones(2, 6, 8), r'x and delta of every direction must be'),
+    ('x', torch.ones(2, 5, 8, dtype=torch.int32), r'x must be float'),
     ('A', torch.ones(8, 4, dtype=torch.float64), r'A must be Float'),
+    ('conv_weight', torch.ones(8, 1, 4), r'conv_weight must be \(dim, '
+     r'width\) = \(8, W\), got \[8, 1, 4\]'),
+    ('conv_weight', None, r'conv_bias without conv_weight'),
+    ('D', torch.ones(16)[::2], r'D must be contiguous'),
 ])
 def test_bad_forward_arguments_are_named(kernel, name, value, message):
-    a = dict(_args(), **{name: value})
-    if name == 'Bt':  # C is checked with B: give it the same bad shape
-        a['Ct'] = value
+    d = dict(_direction(), **{name: value})
     with pytest.raises(RuntimeError, match=message):
-        _fwd(kernel, a)
+        _fwd(kernel, d)
+
+
+def test_the_two_directions_must_agree(kernel):
+    with pytest.raises(RuntimeError, match=r'a conv in one direction only'):
+        _fwd(kernel, _direction(), second=_direction(conv=False))
+    with pytest.raises(RuntimeError, match=r'B must have the same groups in '
+                       r'both directions'):
+        _fwd(kernel, _direction(), second=_direction(groups=2))
+    with pytest.raises(RuntimeError, match=r'z must be \(batch, length, dim\)'
+                       r' = \[2, 5, 8\], got \[2, 8, 5\]'):
+        _fwd(kernel, _direction(), z=torch.ones(2, 8, 5))
+
+
+def test_a_conv_wider_than_the_cuda_kernel_fuses(kernel):
+    d = dict(_direction(), conv_weight=torch.ones(8, 5))
+    if kernel.scan_fwd.__doc__.find('CPU') >= 0:
+        _fwd(kernel, d)  # the CPU kernel takes any width
+    else:
+        with pytest.raises(RuntimeError, match=r'a conv of width 5 is wider '
+                           r'than the 4 this kernel fuses'):
+            _fwd(kernel, d)
 
 
 def test_zero_tokens_give_a_zero_last_state(kernel):
     kernel.set_poison_outputs(True)
     try:
-        out, acc, last = _fwd(kernel, _args(length=0))
+        out, _, last = _fwd(kernel, _direction(length=0))
     finally:
         kernel.set_poison_outputs(False)
-    assert out.shape == (2, 8, 0) and acc.shape == (2, 8, 0)
+    assert out.shape == (2, 0, 8)
     assert last.shape == (2, 8, 4) and torch.equal(last, torch.zeros(2, 8, 4))
 
 
 def test_bad_backward_buffers_are_named(kernel):
-    a = _args()
-    out, acc, _ = _fwd(kernel, a, last=False)
+    d = _direction()
+    z = torch.randn(2, 5, 8)
+    out, states, _ = _fwd(kernel, d, z=z, last=False)
     dout = torch.ones_like(out)
-    grads = _bwd(kernel, a, dout, acc)  # the good call works
+
+    def bwd(dout, states):
+        return kernel.scan_bwd([_listed(d)], [False], z, dout, states, True,
+                               1.0)
+
+    grads = bwd(dout, states)  # the good call works
     assert len(grads) == 8 and all(torch.isfinite(g).all() for g in grads)
-    wide = torch.zeros(2, 8, 10)[..., ::2]  # right shape, strided
-    with pytest.raises(RuntimeError, match=r'acc must be contiguous'):
-        _bwd(kernel, a, dout, wide)
-    with pytest.raises(RuntimeError, match=r'acc is on meta; every input '
-                       r'must be on u\'s device cpu'):
-        _bwd(kernel, a, dout, acc.to('meta'))
-    with pytest.raises(RuntimeError, match=r'acc must be the \(batch, dim, '
-                       r'length\) = \[2, 8, 5\] tensor the forward returned'):
-        _bwd(kernel, a, dout, acc[:, :, :4].contiguous())
+    if states.numel() > 0:  # the CUDA kernel's tile states
+        with pytest.raises(RuntimeError, match=r'states must be contiguous'):
+            bwd(dout, torch.stack([states, states], 1)[:, 0])
+        with pytest.raises(RuntimeError, match=r'states must be the Float '
+                           r'tensor of \d+ elements the forward returned'):
+            bwd(dout, states[:-1])
+    with pytest.raises(RuntimeError, match=r"states is on meta; every input "
+                       r"must be on x's device cpu"):
+        bwd(dout, states.to('meta'))
     with pytest.raises(RuntimeError, match=r'the output gradient must be'):
-        _bwd(kernel, a, dout[:, :4], acc)
-    with pytest.raises(RuntimeError, match=r'acc must be Float'):
-        _bwd(kernel, a, dout, acc.double())
+        bwd(dout[:, :4], states)

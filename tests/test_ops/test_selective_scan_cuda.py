@@ -48,8 +48,7 @@ def poison_outputs(monkeypatch):
                     'be compiled here')
 def test_cuda_extension_compiles_links_and_imports():
     module = build_kernel('cuda')  # raises with the compiler's error
-    for name in ('scan_fwd', 'scan_bwd', 'bi_scan_fwd', 'bi_scan_bwd',
-                 'set_poison_outputs'):
+    for name in ('scan_fwd', 'scan_bwd', 'set_poison_outputs'):
         assert callable(getattr(module, name))
 
 
@@ -195,21 +194,59 @@ def test_bi_scan_matches_reference(dtype, state, length, groups, with_z,
         assert _rel(g, r) < grad_tol, (i, _rel(g, r))
 
 
-def test_launch_geometry_is_recorded():
-    """The emulator records each launch: one block of 128 threads per 128
-    channels and batch element, forward and backward."""
+def _threads(launch):
+    return (launch['grid'][0] * launch['grid'][1] * launch['grid'][2] *
+            launch['block'][0] * launch['block'][1] * launch['block'][2])
+
+
+def _mamba_ssm_threads(batch, dim, length):
+    """Threads of one mamba_ssm selective-scan launch (one direction): a
+    block of 32 / 64 / 128 threads per (batch, channel), by sequence length
+    (state-spaces/mamba, csrc/selective_scan/selective_scan_fwd_kernel.cuh,
+    selective_scan_fwd_cuda)."""
+    per_block = 32 if length <= 512 else 64 if length <= 1024 else 128
+    return batch * dim * per_block
+
+
+@pytest.mark.parametrize('name,batch,length,min_threads', [
+    ('vim-ti-1248', 8, 6085, 100_000),
+    ('vim-ti-224', 128, 197, _mamba_ssm_threads(128, 384, 197)),
+])
+def test_launch_geometry_keeps_vim_shapes_busy(name, batch, length,
+                                               min_threads):
+    """The scan is parallel over tokens as well as channels: read from the
+    emulator's launch records (a dry run: nothing is computed) for Vim-Ti's
+    bidirectional scan, E = 384, N = 16, forward and backward."""
     emulated = build_kernel('simt')
-    emulated.simt_launches()  # forget earlier launches
-    x = _inputs(3, 160, 16, 9, None, F32, seed=5)
-    leaves = {k: v.requires_grad_(True) for k, v in x.items()}
-    y = selective_scan_kernel(**leaves, delta_softplus=True, kind='simt')
-    y.sum().backward()
+    dim, state = 384, 16
+    big = torch.zeros(1).expand(batch, dim, length)  # no memory behind it
+    bc = torch.zeros(1).expand(batch, state, length)
+    weights = [torch.zeros(dim, state), bc, bc, torch.zeros(dim)]
+    leaf = torch.zeros(1, requires_grad=True)
+    emulated.simt_launches()
+    emulated.simt_set_dry_run(True)
+    try:
+        u = leaf.expand(batch, dim, length)
+        out = bi_selective_scan_kernel(u, big, *weights, big, big, *weights,
+                                       z=big, delta_softplus=True,
+                                       kind='simt')
+        torch.autograd.grad(out, leaf, torch.zeros(1).expand(out.shape))
+    finally:
+        emulated.simt_set_dry_run(False)
     launches = emulated.simt_launches()
-    assert [r['kernel'].split('<')[0].split('::')[-1] for r in launches] == \
-        ['scan_fwd_kernel', 'scan_bwd_kernel']
-    for r in launches:
-        assert r['grid'] == (2, 3, 1) and r['block'] == (128, 1, 1)
-        assert r['dynamic_smem'] == 0
+    kernels = [r['kernel'].split('<')[0].split('::')[-1] for r in launches]
+    assert kernels == ['scan_fwd_kernel', 'scan_bwd_kernel',
+                       'gate_grad_kernel'], kernels
+    fwd, bwd = launches[0], launches[1]
+    # 8 channels x token threads x 2 directions / 1 direction per block
+    assert fwd['block'][0] == 8 and fwd['block'][2] == 2
+    assert bwd['block'][0] == 8 and bwd['grid'][2] == 2
+    assert fwd['grid'][:2] == (dim // 8, batch)
+    for launch in (fwd, bwd):
+        assert _threads(launch) >= min_threads, (name, launch)
+    print(name, 'threads in flight: forward', _threads(fwd), 'backward',
+          _threads(bwd), 'mamba_ssm per direction',
+          _mamba_ssm_threads(batch, dim, length))
 
 
 # --- the GPU default: a self-check per device, a fallback that says why ---

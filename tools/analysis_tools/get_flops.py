@@ -36,7 +36,6 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SCAN_OP = 'prim::PythonOp.BiSelectiveScanCount'
 # the kernel's own autograd Functions, traced as nested nodes inside
 # BiSelectiveScanCount (counted there) or, if called directly, one direction
-KERNEL_BI_SCAN_OP = 'prim::PythonOp.BiSelectiveScanFn'
 KERNEL_SCAN_OP = 'prim::PythonOp.SelectiveScanFn'
 
 
@@ -75,16 +74,8 @@ def _bi_scan_flop_jit(inputs, outputs):
     return 2 * ssm_flops(tokens, inner, d_state, batch)
 
 
-def _scan_flop_jit(inputs, outputs):
-    """Handle of the kernel's single-direction SelectiveScanFn."""
-    from mmengine.analysis.jit_handles import get_shape
-    batch, inner, tokens = get_shape(inputs[0])
-    d_state = get_shape(inputs[2])[1]
-    return ssm_flops(tokens, inner, d_state, batch)
-
-
 def _counted_around(inputs, outputs):
-    """Handle of the kernel's BiSelectiveScanFn, traced nested inside
+    """Handle of the kernel's SelectiveScanFn, traced nested inside
     BiSelectiveScanCount, which counts it (a handle of None would not
     silence it: mmengine ignores PythonOps by kind, not by name)."""
     return Counter()
@@ -116,15 +107,19 @@ def _counted_bi_selective_scan(u, delta, A, B, C, D, u_b, delta_b, A_b, B_b,
 
 @contextlib.contextmanager
 def counted_scan():
-    """Route every ``BiMambaMixer``'s scan through BiSelectiveScanCount
+    """Route every ``BiMambaMixer`` through its readable path (so that the
+    tracer sees each linear layer and conv, which the fused kernel path
+    hides inside one autograd function) with the scan as one counted node
     (for tracing only: no backward)."""
     from mmvim.models.layers import bimamba_mixer
-    original = bimamba_mixer.bi_selective_scan
-    bimamba_mixer.bi_selective_scan = _counted_bi_selective_scan
+    saved = bimamba_mixer.select_scan_impl, bimamba_mixer.bi_selective_scan_ref
+    bimamba_mixer.select_scan_impl = lambda device: 'ref'
+    bimamba_mixer.bi_selective_scan_ref = _counted_bi_selective_scan
     try:
         yield
     finally:
-        bimamba_mixer.bi_selective_scan = original
+        bimamba_mixer.select_scan_impl, bimamba_mixer.bi_selective_scan_ref = \
+            saved
 
 
 def count_flops(model, inputs):
@@ -138,8 +133,7 @@ def count_flops(model, inputs):
     with counted_scan(), torch.no_grad():
         analyzer = FlopAnalyzer(model, inputs)
         analyzer.set_op_handle(**{SCAN_OP: _bi_scan_flop_jit,
-                                  KERNEL_BI_SCAN_OP: _counted_around,
-                                  KERNEL_SCAN_OP: _scan_flop_jit})
+                                  KERNEL_SCAN_OP: _counted_around})
         analyzer.unsupported_ops_warnings(False)
         analyzer.uncalled_modules_warnings(False)
         by_operator = dict(analyzer.by_operator())

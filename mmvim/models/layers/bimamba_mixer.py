@@ -4,7 +4,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmvim.ops import bi_selective_scan, causal_conv1d
+from mmvim.ops import (bi_selective_scan_ref, bimamba_inner, causal_conv1d,
+                       select_scan_impl)
 
 
 class BiMambaMixer(nn.Module):
@@ -82,6 +83,27 @@ class BiMambaMixer(nn.Module):
             dt = dt.clamp(min=floor)
             dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
+    def _direction_params(self, suffix):
+        """What :func:`bimamba_inner` takes of one direction."""
+        conv = getattr(self, 'conv1d' + suffix)
+        dt_proj = getattr(self, 'dt_proj' + suffix)
+        return (conv.weight, conv.bias, getattr(self, 'x_proj' + suffix).weight,
+                dt_proj.weight, dt_proj.bias,
+                getattr(self, 'A' + suffix + '_log'),
+                getattr(self, 'D' + suffix))
+
+    def forward(self, hidden):
+        """hidden: (b, L, D) -> (b, L, D)."""
+        xz = self.in_proj(hidden)  # (b, L, 2E), token-major throughout
+        impl = select_scan_impl(xz.device)
+        if impl == 'ref':
+            y = self.forward_reference(xz)
+        else:
+            y = bimamba_inner(xz, self._direction_params(''),
+                              self._direction_params('_b'), self.dt_rank,
+                              self.d_state, self.divide_out, kind=impl)
+        return self.out_proj(y)
+
     def _ssm_inputs(self, x, x_proj, dt_proj):
         """x: (b, E, L) -> delta (b, E, L), B (b, N, L), C (b, N, L)."""
         x_dbl = F.linear(x.transpose(1, 2), x_proj.weight)  # (b, L, R+2N)
@@ -92,17 +114,17 @@ class BiMambaMixer(nn.Module):
         return (delta, B.transpose(1, 2).contiguous(),
                 C.transpose(1, 2).contiguous())
 
-    def forward(self, hidden):
-        """hidden: (b, L, D) -> (b, L, D)."""
-        xz = self.in_proj(hidden).transpose(1, 2)  # (b, 2E, L)
-        x, z = xz.chunk(2, dim=1)
+    def forward_reference(self, xz):
+        """The readable path, pure PyTorch: xz (b, L, 2E) -> the gated
+        (b, L, E) that out_proj takes, through the reference scan."""
+        x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (b, E, L) each
         x_f = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, 'silu')
         x_b = causal_conv1d(x, self.conv1d_b.weight, self.conv1d_b.bias,
                             'silu', reverse=True)
         delta_f, B_f, C_f = self._ssm_inputs(x_f, self.x_proj, self.dt_proj)
         delta_b, B_b, C_b = self._ssm_inputs(x_b, self.x_proj_b,
                                              self.dt_proj_b)
-        y = bi_selective_scan(
+        y = bi_selective_scan_ref(
             x_f, delta_f, -torch.exp(self.A_log.float()), B_f, C_f,
             self.D.float(), x_b, delta_b, -torch.exp(self.A_b_log.float()),
             B_b, C_b, self.D_b.float(),
@@ -111,4 +133,4 @@ class BiMambaMixer(nn.Module):
             delta_bias_b=self.dt_proj_b.bias.float(),
             delta_softplus=True,
             divide_out=self.divide_out)
-        return self.out_proj(y.transpose(1, 2))
+        return y.transpose(1, 2)

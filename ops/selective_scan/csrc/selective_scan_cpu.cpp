@@ -1,25 +1,26 @@
 // Selective scan on the CPU: forward and backward, float32 and float64,
-// one or two directions fused in one call (the Vim bidirectional scan).
+// one or two directions fused in one call (the Vim bidirectional scan), with
+// the same interface as the CUDA kernel (selective_scan_interface.h).
 //
-// Per batch b, channel e, state n, token t of one direction:
-//   d_t = softplus(delta_t + bias)          (or delta_t + bias)
-//   h_t = exp(d_t * A_n) * h_prev + d_t * u_t * B_tn
-//   y_t = sum_n h_tn * C_tn + D * u_t
-// where h_prev is the state of the previous token in scan order (t - 1, or
-// t + 1 for a reverse direction). The call returns
-//   out_t = scale * (sum over directions of y_t) * (silu(z_t) if z given).
+// Per batch b, channel e, state n, scan step s of one direction (token
+// t = s, or L - 1 - s for a reverse direction):
+//   u_s = silu(conv_bias + sum_k conv_w[k] * x_{s-W+1+k})   (or u_s = x_s)
+//   d_s = softplus(delta_s + bias)          (or delta_s + bias)
+//   h_s = exp(d_s * A_n) * h_{s-1} + d_s * u_s * B_sn
+//   y_s = sum_n h_sn * C_sn + D * u_s
+// The call returns out_t = scale * (sum over directions of y_t) *
+// (silu(z_t) if z given), token-major (b, L, E).
 //
-// Work is split in blocks of kLanes channels of one B/C group, one SIMD
-// lane per channel: B and C of a token are scalars broadcast to every lane,
-// so the forward pass needs no horizontal sum. Each block copies its
-// channels into lane-major scratch buffers (token-major, kLanes wide), with
-// softplus, the z gate and their derivatives computed on the way in and out,
-// so no element-wise ATen op or (B, E, L) temporary is needed. The backward
-// pass recomputes the states of a block (no (B, E, L, N) tensor is kept).
-//
-// Layouts at the kernel boundary (prepared by mmvim/ops/selective_scan_cpu.py):
-//   u, delta, z, out: (b, E, L); A: (E, N); Bt, Ct: (b, G, L, N) (B and C
-//   transposed so a token's N values are adjacent); D, bias: (E,).
+// Work is split in blocks of kLanes channels that share their B row and
+// their C row, one SIMD lane per channel: B and C of a token are scalars
+// broadcast to every lane, so the forward pass needs no horizontal sum.
+// Each block gathers its channels (any strides: the token-major outputs of
+// the linear layers are read where they are) into lane-major scratch
+// buffers (token-major, kLanes wide), with the depthwise conv, softplus,
+// the z gate and their derivatives computed on the way in and out, so no
+// element-wise ATen op or (B, E, L) temporary is needed. The backward pass
+// recomputes the states of a block (no (B, E, L, N) tensor is kept, and the
+// forward saves no states).
 #include <ATen/ATen.h>
 
 #include <ATen/Parallel.h>
@@ -121,58 +122,87 @@ inline T sigmoid(T x) {
 template <typename T>
 constexpr int kLanes = 64 / sizeof(T);
 
-// A block: channels e0 .. e0 + count - 1 of group g (count <= kLanes).
+// A block: channels e0 .. e0 + count - 1 (count <= kLanes), all in B
+// group gB and C group gC.
 struct Block {
-  int64_t e0, g;
+  int64_t e0, gB, gC;
   int count;
 };
 
-// Blocks of kLanes channels that never straddle two B/C groups.
+// Blocks of kLanes channels that never straddle a B or a C group (a B
+// shared by nothing but its own channel makes blocks of one lane).
 template <typename T>
 std::vector<Block> make_blocks(const Sizes& s) {
   constexpr int W = kLanes<T>;
-  const int64_t per_group = s.dim / s.groups;
+  const int64_t perB = s.dim / s.B_groups, perC = s.dim / s.C_groups;
   std::vector<Block> blocks;
-  for (int64_t g = 0; g < s.groups; ++g)
-    for (int64_t e = 0; e < per_group; e += W)
-      blocks.push_back(Block{g * per_group + e, g,
-                             static_cast<int>(std::min<int64_t>(W, per_group - e))});
+  for (int64_t e = 0; e < s.dim;) {
+    const int64_t end = std::min({e + W, (e / perB + 1) * perB,
+                                  (e / perC + 1) * perC});
+    blocks.push_back(Block{e, e / perB, e / perC, static_cast<int>(end - e)});
+    e = end;
+  }
   return blocks;
 }
 
-// Raw pointers of one direction.
+// Raw pointers and strides of one direction.
 template <typename T>
 struct Direction {
-  const T* u;      // (b, E, L)
-  const T* delta;  // (b, E, L)
-  const T* A;      // (E, N)
-  const T* Bt;     // (b, G, L, N)
-  const T* Ct;     // (b, G, L, N)
-  const T* D;      // (E,) or null
-  const T* bias;   // (E,) or null
+  const T* x;
+  int64_t x_sb, x_st, x_se;
+  const T* conv_w;  // (E, W) or null
+  const T* conv_b;  // (E,) or null
+  int conv_width;
+  const T* delta;
+  int64_t d_sb, d_st, d_se;
+  const T* A;       // (E, N)
+  const T* B;
+  int64_t B_sb, B_st, B_sg, B_sn;
+  const T* C;
+  int64_t C_sb, C_st, C_sg, C_sn;
+  const T* D;       // (E,) or null
+  const T* bias;    // (E,) or null
   bool reverse;
+
+  // B and C of a block's group at token t, state n
+  T Bv(int64_t b, const Block& blk, int64_t t, int64_t n) const {
+    return B[b * B_sb + t * B_st + blk.gB * B_sg + n * B_sn];
+  }
+  T Cv(int64_t b, const Block& blk, int64_t t, int64_t n) const {
+    return C[b * C_sb + t * C_st + blk.gC * C_sg + n * C_sn];
+  }
 };
 
 template <typename T>
 Direction<T> pointers(const DirTensors& d) {
-  return Direction<T>{d.u.data_ptr<T>(),
-                      d.delta.data_ptr<T>(),
-                      d.A.data_ptr<T>(),
-                      d.Bt.data_ptr<T>(),
-                      d.Ct.data_ptr<T>(),
-                      d.D ? d.D->data_ptr<T>() : nullptr,
-                      d.bias ? d.bias->data_ptr<T>() : nullptr,
-                      d.reverse};
+  Direction<T> p{};
+  p.x = d.x.data_ptr<T>();
+  p.x_sb = d.x.stride(0), p.x_st = d.x.stride(1), p.x_se = d.x.stride(2);
+  p.conv_w = d.conv_weight ? d.conv_weight->data_ptr<T>() : nullptr;
+  p.conv_b = d.conv_bias ? d.conv_bias->data_ptr<T>() : nullptr;
+  p.conv_width = d.conv_weight ? static_cast<int>(d.conv_weight->size(1)) : 0;
+  p.delta = d.delta.data_ptr<T>();
+  p.d_sb = d.delta.stride(0), p.d_st = d.delta.stride(1), p.d_se = d.delta.stride(2);
+  p.A = d.A.data_ptr<T>();
+  p.B = d.B.data_ptr<T>();
+  p.B_sb = d.B.stride(0), p.B_st = d.B.stride(1), p.B_sg = d.B.stride(2),
+  p.B_sn = d.B.stride(3);
+  p.C = d.C.data_ptr<T>();
+  p.C_sb = d.C.stride(0), p.C_st = d.C.stride(1), p.C_sg = d.C.stride(2),
+  p.C_sn = d.C.stride(3);
+  p.D = d.D ? d.D->data_ptr<T>() : nullptr;
+  p.bias = d.bias ? d.bias->data_ptr<T>() : nullptr;
+  p.reverse = d.reverse;
+  return p;
 }
 
 // Lane-major scratch of one thread: (L, W) buffers and (N, W) states.
 template <typename T>
 struct Scratch {
-  std::vector<T> u, d, acc, tmp, g, du, dd, H, h, Ab, dh, dAb, row;
+  std::vector<T> u, d, acc, tmp, g, du, dd, H, h, Ab, dh, dAb;
   Scratch(int64_t L, int64_t N, bool backward) {
     constexpr int W = kLanes<T>;
     for (auto* v : {&u, &d, &acc, &tmp}) v->assign(L * W, T(0));
-    row.assign(L, T(0));
     for (auto* v : {&h, &Ab, &dh, &dAb}) v->assign(N * W, T(0));
     if (backward) {
       for (auto* v : {&g, &du, &dd}) v->assign(L * W, T(0));
@@ -181,26 +211,52 @@ struct Scratch {
   }
 };
 
-// Copy u and the final delta (bias added, softplus applied) of a block's
-// channels into the lane-major scratch; padding lanes are zero.
+// Gather u (the depthwise conv + silu of x when the direction has a conv,
+// causal in scan order) and the final delta (bias added, softplus applied)
+// of a block's channels into the lane-major scratch, by token; padding lanes
+// are zero. pre, when given, receives the conv's output before silu (the
+// backward of silu needs it).
 template <typename T>
 void load_block(const Direction<T>& dir, const Sizes& s, int64_t b,
                 const Block& blk, bool softplus, Scratch<T>& sc) {
   constexpr int W = kLanes<T>;
   const int64_t L = s.length;
+  const int K = dir.conv_width;
   for (int w = 0; w < W; ++w) {
     if (w >= blk.count) {
       for (int64_t t = 0; t < L; ++t) sc.u[t * W + w] = sc.d[t * W + w] = T(0);
       continue;
     }
     const int64_t e = blk.e0 + w;
-    const T* u = dir.u + (b * s.dim + e) * L;
-    const T* delta = dir.delta + (b * s.dim + e) * L;
+    const T* x = dir.x + b * dir.x_sb + e * dir.x_se;
+    const T* delta = dir.delta + b * dir.d_sb + e * dir.d_se;
     const T bias = dir.bias ? dir.bias[e] : T(0);
-    for (int64_t t = 0; t < L; ++t) {
-      sc.u[t * W + w] = u[t];
-      sc.d[t * W + w] = delta[t] + bias;
+    for (int64_t t = 0; t < L; ++t) sc.d[t * W + w] = delta[t * dir.d_st] + bias;
+    if (!dir.conv_w) {
+      for (int64_t t = 0; t < L; ++t) sc.u[t * W + w] = x[t * dir.x_st];
+      continue;
     }
+    // tap k reads the token k - (K - 1) scan steps away: before t for a
+    // forward direction, after it for a reverse one
+    const T* cw = dir.conv_w + e * K;
+    const T cb = dir.conv_b ? dir.conv_b[e] : T(0);
+    const int64_t step = dir.reverse ? -1 : 1;
+    for (int64_t t = 0; t < L; ++t) {
+      T v = cb;
+      for (int k = 0; k < K; ++k) {
+        const int64_t src = t - step * (K - 1 - k);
+        if (src >= 0 && src < L) v += cw[k] * x[src * dir.x_st];
+      }
+      sc.u[t * W + w] = v;
+    }
+  }
+  if (dir.conv_w) {
+    // silu(v) = v * sigmoid(v), vectorised over the block
+    const int64_t n = L * W;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) sc.tmp[i] = fast_exp(-sc.u[i]);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) sc.u[i] = sc.u[i] / (T(1) + sc.tmp[i]);
   }
   if (softplus) softplus_inplace(sc.d.data(), sc.tmp.data(), L * W);
 }
@@ -234,8 +290,6 @@ void block_forward(const Direction<T>& dir, const Sizes& s, int64_t b,
                    bool store_states, T* last) {
   constexpr int W = kLanes<T>;
   const int64_t L = s.length, N = s.state;
-  const T* Bt = dir.Bt + (b * s.groups + blk.g) * L * N;
-  const T* Ct = dir.Ct + (b * s.groups + blk.g) * L * N;
   T* h = sc.h.data();
   T* Ab = sc.Ab.data();
   alignas(64) T Dl[W], du[W], y[W];
@@ -255,10 +309,8 @@ void block_forward(const Direction<T>& dir, const Sizes& s, int64_t b,
       du[w] = d[w] * u[w];
       y[w] = Dl[w] * u[w];
     }
-    const T* Bn = Bt + t * N;
-    const T* Cn = Ct + t * N;
     for (int64_t n = 0; n < N; ++n) {
-      const T bn = Bn[n], cn = Cn[n];
+      const T bn = dir.Bv(b, blk, t, n), cn = dir.Cv(b, blk, t, n);
       T* hn = h + n * W;
       const T* An = Ab + n * W;
 #pragma omp simd
@@ -282,16 +334,15 @@ void block_forward(const Direction<T>& dir, const Sizes& s, int64_t b,
 
 // Backward recurrence of one loaded block, given dL/dy in sc.g and the
 // states in sc.H. Writes dL/du and dL/d(final delta) into sc.du, sc.dd;
-// adds dA (E, N), dD (E,) and the thread's per-lane dB, dC (L, N, W) of
-// this block's group.
+// adds dA (E, N), dD (E,) and the thread's per-lane dB, dC of this block's
+// groups: (L, N, W) from dBw / dCw, or (N, W) where B / C is shared over
+// the tokens (B_per_token / C_per_token false).
 template <typename T>
 void block_backward(const Direction<T>& dir, const Sizes& s, int64_t b,
                     const Block& blk, Scratch<T>& sc, T* dA, T* dD, T* dBw,
-                    T* dCw) {
+                    T* dCw, bool B_per_token, bool C_per_token) {
   constexpr int W = kLanes<T>;
   const int64_t L = s.length, N = s.state;
-  const T* Bt = dir.Bt + (b * s.groups + blk.g) * L * N;
-  const T* Ct = dir.Ct + (b * s.groups + blk.g) * L * N;
   T* Ab = sc.Ab.data();
   T* dh = sc.dh.data();
   T* dAb = sc.dAb.data();
@@ -313,14 +364,12 @@ void block_backward(const Direction<T>& dir, const Sizes& s, int64_t b,
       du[w] = g[w] * Dl[w];
       dDl[w] += g[w] * u[w];
     }
-    const T* Bn = Bt + t * N;
-    const T* Cn = Ct + t * N;
     const T* Ht = sc.H.data() + t * N * W;
     const T* Hp = step == 0 ? nullptr : sc.H.data() + t_prev * N * W;
-    T* dBt = dBw + t * N * W;
-    T* dCt = dCw + t * N * W;
+    T* dBt = dBw + (B_per_token ? t : 0) * N * W;
+    T* dCt = dCw + (C_per_token ? t : 0) * N * W;
     for (int64_t n = 0; n < N; ++n) {
-      const T bn = Bn[n], cn = Cn[n];
+      const T bn = dir.Bv(b, blk, t, n), cn = dir.Cv(b, blk, t, n);
       const T* An = Ab + n * W;
       const T* hp = Hp ? Hp + n * W : zero;
       const T* ht = Ht + n * W;
@@ -357,31 +406,45 @@ void block_backward(const Direction<T>& dir, const Sizes& s, int64_t b,
 
 constexpr mmvim_scan::Backend kBackend{"CPU", c10::DeviceType::CPU,
                                        /*float32_weights=*/false,
-                                       /*max_state=*/0};
+                                       /*max_state=*/0,
+                                       /*max_conv_width=*/0};
 
-// Returns [out, acc, last_state]; acc = sum over directions of y (before
-// the scale and the z gate), kept for the backward pass.
+// z of a block's lane w at token t (strided), or 1 without z.
+template <typename T>
+struct Gate {
+  const T* z;
+  int64_t sb, st, se;
+  T at(int64_t b, int64_t t, int64_t e) const {
+    return z[b * sb + t * st + e * se];
+  }
+};
+
+template <typename T>
+Gate<T> gate_of(const std::optional<at::Tensor>& z) {
+  if (!z) return Gate<T>{nullptr, 0, 0, 0};
+  return Gate<T>{z->data_ptr<T>(), z->stride(0), z->stride(1), z->stride(2)};
+}
+
+// Returns [out (b, L, E), states (empty: the backward recomputes), last].
 std::vector<at::Tensor> forward_impl(const std::vector<DirTensors>& dirs,
-                                        const std::optional<at::Tensor>& z,
-                                        double scale, bool softplus,
-                                        bool return_last_state) {
+                                     const std::optional<at::Tensor>& z,
+                                     double scale, bool softplus,
+                                     bool return_last_state) {
   const Sizes s = mmvim_scan::check_inputs(kBackend, dirs, z);
-  const auto& u0 = dirs[0].u;
-  auto out = new_output(u0.sizes(), u0.options());
-  auto acc = new_output(u0.sizes(), u0.options());
-  auto last = new_output({return_last_state ? s.batch : 0, s.dim, s.state},
-                         u0.options());
-  AT_DISPATCH_FLOATING_TYPES(dirs[0].u.scalar_type(), "selective_scan_fwd", [&] {
+  const auto options = dirs[0].x.options();
+  auto out = new_output({s.batch, s.length, s.dim}, options);
+  auto last = return_last_state ? at::zeros({s.batch, s.dim, s.state}, options)
+                                : at::empty({0, s.dim, s.state}, options);
+  AT_DISPATCH_FLOATING_TYPES(dirs[0].x.scalar_type(), "selective_scan_fwd", [&] {
     using T = scalar_t;
     constexpr int W = kLanes<T>;
     std::vector<Direction<T>> ds;
     for (const auto& d : dirs) ds.push_back(pointers<T>(d));
     const auto blocks = make_blocks<T>(s);
     const int64_t nb = static_cast<int64_t>(blocks.size());
-    const int64_t L = s.length, N = s.state;
-    const T* zp = z ? z->data_ptr<T>() : nullptr;
+    const int64_t L = s.length, N = s.state, E = s.dim;
+    const Gate<T> gz = gate_of<T>(z);
     T* outp = out.data_ptr<T>();
-    T* accp = acc.data_ptr<T>();
     at::parallel_for(0, s.batch * nb, 1, [&](int64_t begin, int64_t end) {
       DenormalsAreZero ftz;
       Scratch<T> sc(L, N, false);
@@ -392,73 +455,87 @@ std::vector<at::Tensor> forward_impl(const std::vector<DirTensors>& dirs,
         for (size_t k = 0; k < ds.size(); ++k) {
           load_block<T>(ds[k], s, b, blk, softplus, sc);
           T* lastp = (k == 0 && return_last_state)
-                         ? last.data_ptr<T>() + b * s.dim * N
+                         ? last.data_ptr<T>() + b * E * N
                          : nullptr;
           block_forward<T>(ds[k], s, b, blk, sc, true, false, lastp);
         }
-        for (int w = 0; w < blk.count; ++w) {
-          const int64_t row = (b * s.dim + blk.e0 + w) * L;
-          T* a = accp + row;
-          T* o = outp + row;
-          for (int64_t t = 0; t < L; ++t) a[t] = sc.acc[t * W + w];
-          if (zp) {
-            const T* zr = zp + row;
-_Pragma("omp simd")
-            for (int64_t t = 0; t < L; ++t)
-              o[t] = T(scale) * a[t] * zr[t] * sigmoid(zr[t]);
-          } else {
-_Pragma("omp simd")
-            for (int64_t t = 0; t < L; ++t) o[t] = T(scale) * a[t];
+        for (int64_t t = 0; t < L; ++t) {
+          T* o = outp + (b * L + t) * E + blk.e0;
+          const T* a = sc.acc.data() + t * W;
+          for (int w = 0; w < blk.count; ++w) {
+            const T zt = gz.z ? gz.at(b, t, blk.e0 + w) : T(0);
+            o[w] = T(scale) * a[w] * (gz.z ? zt * sigmoid(zt) : T(1));
           }
         }
       }
     });
   });
-  return {out, acc, last};
+  return {out, at::empty({0}, options), last};
 }
 
-// Returns per direction [du, ddelta, dA, dBt, dCt, dD, dbias], then dz.
+// dB / dC of a direction: (b or 1, L or 1, G, N) as bc_grad_shape.
+struct BCGrad {
+  bool per_batch, per_token;
+  int64_t groups;
+};
+
+BCGrad bc_grad(const at::Tensor& t) {
+  return BCGrad{t.stride(0) != 0, t.stride(1) != 0, t.size(2)};
+}
+
+// Returns per direction [du, ddelta, dA, dB, dC, dD, dbias], then dz; du
+// is the gradient of u (the conv's output when there is a conv).
 std::vector<at::Tensor> backward_impl(const std::vector<DirTensors>& dirs,
-                                         const std::optional<at::Tensor>& z,
-                                         const at::Tensor& dout_in,
-                                         const at::Tensor& acc,
-                                         double scale, bool softplus) {
+                                      const std::optional<at::Tensor>& z,
+                                      const at::Tensor& dout_in,
+                                      const at::Tensor& states, double scale,
+                                      bool softplus) {
   auto dout = dout_in.contiguous();
-  const Sizes s = mmvim_scan::check_inputs(kBackend, dirs, z, &dout, &acc);
-  const int64_t L = s.length, N = s.state, G = s.groups;
+  const Sizes s = mmvim_scan::check_inputs(kBackend, dirs, z, &dout);
+  const auto options = dirs[0].x.options();
+  mmvim_scan::check_states(kBackend, states, dirs[0].x,
+                           dirs[0].x.scalar_type(), 0);
+  const int64_t L = s.length, N = s.state, E = s.dim;
   const size_t nd = dirs.size();
   const int threads = at::get_num_threads();
 
   std::vector<at::Tensor> grads;  // per direction, 7 entries
+  std::vector<BCGrad> gB, gC;
   for (const auto& d : dirs) {
-    grads.push_back(new_output(d.u.sizes(), d.u.options()));          // du
-    grads.push_back(new_output(d.delta.sizes(), d.delta.options()));  // ddelta
-    grads.push_back(at::zeros_like(d.A));                // dA
-    grads.push_back(at::zeros_like(d.Bt));               // dBt
-    grads.push_back(at::zeros_like(d.Ct));               // dCt
-    grads.push_back(at::zeros({s.dim}, d.u.options()));  // dD
-    grads.push_back(at::zeros({s.dim}, d.u.options()));  // dbias
+    grads.push_back(new_output({s.batch, L, E}, options));  // du
+    grads.push_back(new_output({s.batch, L, E}, options));  // ddelta
+    grads.push_back(at::zeros_like(d.A));                   // dA
+    grads.push_back(at::zeros(mmvim_scan::bc_grad_shape(d.B), options));  // dB
+    grads.push_back(at::zeros(mmvim_scan::bc_grad_shape(d.C), options));  // dC
+    grads.push_back(at::zeros({E}, options));               // dD
+    grads.push_back(at::zeros({E}, options));               // dbias
+    gB.push_back(bc_grad(d.B));
+    gC.push_back(bc_grad(d.C));
   }
-  auto dz = z ? new_output(z->sizes(), z->options())
-              : at::empty({0}, dout.options());
+  auto dz = z ? new_output({s.batch, L, E}, options) : at::empty({0}, options);
 
-  AT_DISPATCH_FLOATING_TYPES(dirs[0].u.scalar_type(), "selective_scan_bwd", [&] {
+  AT_DISPATCH_FLOATING_TYPES(dirs[0].x.scalar_type(), "selective_scan_bwd", [&] {
     using T = scalar_t;
     constexpr int W = kLanes<T>;
     std::vector<Direction<T>> ds;
     for (const auto& d : dirs) ds.push_back(pointers<T>(d));
     const auto blocks = make_blocks<T>(s);
     const int64_t nb = static_cast<int64_t>(blocks.size());
-    const int64_t LNW = L * N * W;
-    const T* zp = z ? z->data_ptr<T>() : nullptr;
+    const Gate<T> gz = gate_of<T>(z);
     const T* doutp = dout.data_ptr<T>();
-    const T* accp = acc.data_ptr<T>();
     T* dzp = z ? dz.data_ptr<T>() : nullptr;
-    // per thread and direction: per-lane dB, dC of every group (G, L, N, W)
+    // per thread and direction: per-lane dB, dC of every group,
+    // (G, L or 1, N, W)
+    auto lane_size = [&](const BCGrad& g) {
+      return g.groups * (g.per_token ? L : 1) * N * W;
+    };
     std::vector<std::vector<T>> dBw(threads * nd), dCw(threads * nd);
     for (int64_t b = 0; b < s.batch; ++b) {
-      for (auto& v : dBw) v.assign(G * LNW, T(0));
-      for (auto& v : dCw) v.assign(G * LNW, T(0));
+      for (size_t k = 0; k < nd; ++k)
+        for (int tid = 0; tid < threads; ++tid) {
+          dBw[tid * nd + k].assign(lane_size(gB[k]), T(0));
+          dCw[tid * nd + k].assign(lane_size(gC[k]), T(0));
+        }
       // blocks of one batch element own distinct channels: dA, dD, dbias
       // rows are written by one thread each
       at::parallel_for(0, nb, 1, [&](int64_t begin, int64_t end) {
@@ -467,85 +544,81 @@ std::vector<at::Tensor> backward_impl(const std::vector<DirTensors>& dirs,
         Scratch<T> sc(L, N, true);
         for (int64_t i = begin; i < end; ++i) {
           const Block& blk = blocks[i];
-          // the gate: out = scale * acc * silu(z)
-          for (int w = 0; w < W; ++w) {
-            if (w >= blk.count) {
-              for (int64_t t = 0; t < L; ++t) sc.g[t * W + w] = T(0);
-              continue;
-            }
-            const int64_t row = (b * s.dim + blk.e0 + w) * L;
-            const T* go = doutp + row;
-            T* gy = sc.row.data();
-            if (zp) {
-              const T* zr = zp + row;
-              const T* a = accp + row;
-              T* dzr = dzp + row;
-_Pragma("omp simd")
-              for (int64_t t = 0; t < L; ++t) {
-                const T sg = sigmoid(zr[t]);
-                dzr[t] = T(scale) * go[t] * a[t] * sg * (T(1) + zr[t] * (T(1) - sg));
-                gy[t] = T(scale) * go[t] * zr[t] * sg;
+          // the gate: out = scale * y * silu(z), so dL/dy = scale * dout * silu(z)
+          for (int64_t t = 0; t < L; ++t) {
+            const T* go = doutp + (b * L + t) * E + blk.e0;
+            for (int w = 0; w < W; ++w) {
+              T g = T(0);
+              if (w < blk.count) {
+                const T zt = gz.z ? gz.at(b, t, blk.e0 + w) : T(0);
+                g = T(scale) * go[w] * (gz.z ? zt * sigmoid(zt) : T(1));
               }
-            } else {
-_Pragma("omp simd")
-              for (int64_t t = 0; t < L; ++t) gy[t] = T(scale) * go[t];
+              sc.g[t * W + w] = g;
             }
-            for (int64_t t = 0; t < L; ++t) sc.g[t * W + w] = gy[t];
           }
+          std::fill(sc.acc.begin(), sc.acc.end(), T(0));
           for (size_t k = 0; k < nd; ++k) {
             const size_t slot = tid * nd + k;
             T* gr_du = grads[k * 7].data_ptr<T>();
             T* gr_dd = grads[k * 7 + 1].data_ptr<T>();
             T* gr_bias = grads[k * 7 + 6].data_ptr<T>();
+            const int64_t Lb = gB[k].per_token ? L : 1, Lc = gC[k].per_token ? L : 1;
             load_block<T>(ds[k], s, b, blk, softplus, sc);
-            block_forward<T>(ds[k], s, b, blk, sc, false, true, nullptr);
+            // states for the backward, and y (for dz) into sc.acc
+            block_forward<T>(ds[k], s, b, blk, sc, true, true, nullptr);
             block_backward<T>(ds[k], s, b, blk, sc,
                               grads[k * 7 + 2].data_ptr<T>(),
                               grads[k * 7 + 5].data_ptr<T>(),
-                              dBw[slot].data() + blk.g * LNW,
-                              dCw[slot].data() + blk.g * LNW);
-            // back through delta = softplus(delta_raw + bias)
+                              dBw[slot].data() + blk.gB * Lb * N * W,
+                              dCw[slot].data() + blk.gC * Lc * N * W,
+                              gB[k].per_token, gC[k].per_token);
+            // back through delta = softplus(delta_raw + bias); sc.d holds
+            // softplus(raw), and sigmoid(raw) = 1 - exp(-softplus(raw))
             for (int w = 0; w < blk.count; ++w) {
               const int64_t e = blk.e0 + w;
-              const int64_t row = (b * s.dim + e) * L;
-              const T* delta = ds[k].delta + row;
-              const T bias = ds[k].bias ? ds[k].bias[e] : T(0);
-              T* dd = gr_dd + row;
-              T* du = gr_du + row;
-              for (int64_t t = 0; t < L; ++t) {
-                dd[t] = sc.dd[t * W + w];
-                du[t] = sc.du[t * W + w];
-              }
               T bias_grad = T(0);
-              if (softplus) {
-_Pragma("omp simd reduction(+ : bias_grad)")
-                for (int64_t t = 0; t < L; ++t) {
-                  dd[t] *= sigmoid(delta[t] + bias);
-                  bias_grad += dd[t];
-                }
-              } else {
-                for (int64_t t = 0; t < L; ++t) bias_grad += dd[t];
+              for (int64_t t = 0; t < L; ++t) {
+                T dd = sc.dd[t * W + w];
+                if (softplus) dd *= -std::expm1(-sc.d[t * W + w]);
+                bias_grad += dd;
+                gr_dd[(b * L + t) * E + e] = dd;
+                gr_du[(b * L + t) * E + e] = sc.du[t * W + w];
               }
               gr_bias[e] += bias_grad;
+            }
+          }
+          if (dzp) {
+            for (int64_t t = 0; t < L; ++t) {
+              const T* go = doutp + (b * L + t) * E + blk.e0;
+              T* dzr = dzp + (b * L + t) * E + blk.e0;
+              for (int w = 0; w < blk.count; ++w) {
+                const T zt = gz.at(b, t, blk.e0 + w), sg = sigmoid(zt);
+                dzr[w] = T(scale) * go[w] * sc.acc[t * W + w] * sg *
+                         (T(1) + zt * (T(1) - sg));
+              }
             }
           }
         }
       });
       // lanes and threads -> dB, dC of this batch element
       for (size_t k = 0; k < nd; ++k) {
-        T* dB = grads[k * 7 + 3].data_ptr<T>() + b * G * L * N;
-        T* dC = grads[k * 7 + 4].data_ptr<T>() + b * G * L * N;
-        for (int tid = 0; tid < threads; ++tid) {
-          const T* pb = dBw[tid * nd + k].data();
-          const T* pc = dCw[tid * nd + k].data();
-          for (int64_t j = 0; j < G * L * N; ++j) {
-            T sb = T(0), sc = T(0);
-            for (int w = 0; w < W; ++w) {
-              sb += pb[j * W + w];
-              sc += pc[j * W + w];
-            }
-            dB[j] += sb;
-            dC[j] += sc;
+        for (int which = 0; which < 2; ++which) {
+          const BCGrad& g = which == 0 ? gB[k] : gC[k];
+          auto& lanes = which == 0 ? dBw : dCw;
+          const int64_t Lg = g.per_token ? L : 1;
+          T* dst = grads[k * 7 + 3 + which].data_ptr<T>() +
+                   (g.per_batch ? b : 0) * Lg * g.groups * N;
+          // lane buffers are (G, Lg, N, W); dB is (Lg, G, N) per batch
+          for (int tid = 0; tid < threads; ++tid) {
+            const T* src = lanes[tid * nd + k].data();
+            for (int64_t gi = 0; gi < g.groups; ++gi)
+              for (int64_t t = 0; t < Lg; ++t)
+                for (int64_t n = 0; n < N; ++n) {
+                  const T* v = src + ((gi * Lg + t) * N + n) * W;
+                  T sum = T(0);
+                  for (int w = 0; w < W; ++w) sum += v[w];
+                  dst[(t * g.groups + gi) * N + n] += sum;
+                }
           }
         }
       }

@@ -13,6 +13,7 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include <algorithm>
 #include <optional>
 #include <vector>
 
@@ -29,7 +30,8 @@ using mmvim_scan::ScanParams;
 constexpr mmvim_scan::Backend kBackend{"CUDA (SIMT emulation)",
                                        c10::DeviceType::CPU,
                                        /*float32_weights=*/true,
-                                       /*max_state=*/64};
+                                       /*max_state=*/256,
+                                       mmvim_scan::kMaxConvWidth};
 struct DeviceGuard {
   explicit DeviceGuard(const c10::Device&) {}
 };
@@ -38,7 +40,8 @@ void check_launch() {}  // the emulator throws on a bad launch
 #else
 constexpr mmvim_scan::Backend kBackend{"CUDA", c10::DeviceType::CUDA,
                                        /*float32_weights=*/true,
-                                       /*max_state=*/64};
+                                       /*max_state=*/256,
+                                       mmvim_scan::kMaxConvWidth};
 using DeviceGuard = c10::cuda::CUDAGuard;
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
 void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
@@ -56,103 +59,161 @@ void dispatch_dtype(at::ScalarType dtype, F&& f) {
   }
 }
 
+mmvim_scan::Strides3 strides3(const at::Tensor& t) {
+  return {t.stride(0), t.stride(1), t.stride(2)};
+}
+mmvim_scan::Strides4 strides4(const at::Tensor& t) {
+  return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+template <typename T>
+const T* data_or_null(const std::optional<at::Tensor>& t) {
+  return t ? t->data_ptr<T>() : nullptr;
+}
+
+// Lanes of a block's kChannels that share one B (C) row: all of them, the
+// channels of a group, or each its own.
+int shared_lanes(int64_t dim, int64_t groups) {
+  const int64_t per_group = dim / groups;
+  if (per_group % mmvim_scan::kChannels == 0) return mmvim_scan::kChannels;
+  if (mmvim_scan::kChannels % per_group == 0) return static_cast<int>(per_group);
+  return 1;
+}
+
 ScanParams base_params(const std::vector<DirTensors>& dirs,
+                       const mmvim_scan::Sizes& s,
                        const std::optional<at::Tensor>& z, bool softplus,
                        double scale) {
   ScanParams p{};
-  const auto& u = dirs[0].u;
+  TORCH_CHECK(dirs.size() == 1 || (!dirs[0].reverse && dirs[1].reverse),
+              "selective scan ", kBackend.name, " kernel: two directions "
+              "must be a forward and a reverse one");
   p.ndirs = static_cast<int>(dirs.size());
   for (size_t k = 0; k < dirs.size(); ++k) {
     const auto& d = dirs[k];
-    p.dirs[k] = mmvim_scan::DirParams{
-        d.u.data_ptr(), d.delta.data_ptr(), d.A.data_ptr<float>(),
-        d.Bt.data_ptr<float>(), d.Ct.data_ptr<float>(),
-        d.D ? d.D->data_ptr<float>() : nullptr,
-        d.bias ? d.bias->data_ptr<float>() : nullptr, d.reverse};
+    auto& q = p.dirs[k];
+    q.x = d.x.data_ptr();
+    q.x_stride = strides3(d.x);
+    q.conv_weight = data_or_null<float>(d.conv_weight);
+    q.conv_bias = data_or_null<float>(d.conv_bias);
+    q.delta = d.delta.data_ptr();
+    q.delta_stride = strides3(d.delta);
+    q.A = d.A.data_ptr<float>();
+    q.B = d.B.data_ptr();
+    q.B_stride = strides4(d.B);
+    q.B_groups = s.B_groups;
+    q.C = d.C.data_ptr();
+    q.C_stride = strides4(d.C);
+    q.C_groups = s.C_groups;
+    q.D = data_or_null<float>(d.D);
+    q.bias = data_or_null<float>(d.bias);
+    q.reverse = d.reverse;
   }
   p.z = z ? z->data_ptr() : nullptr;
-  p.batch = u.size(0);
-  p.dim = u.size(1);
-  p.length = u.size(2);
-  p.state = dirs[0].A.size(1);
-  p.groups = dirs[0].Bt.size(1);
+  if (z) p.z_stride = strides3(*z);
+  p.batch = s.batch;
+  p.dim = s.dim;
+  p.length = s.length;
+  p.state = s.state;
+  p.conv_width = static_cast<int>(s.conv_width);
+  // token threads: enough for one tile over a short sequence, at most
+  // kMaxTokenThreads (the same in the forward and the backward, whose
+  // tiles must match)
+  const int64_t needed = (s.length + mmvim_scan::kItems - 1) / mmvim_scan::kItems;
+  int tt = static_cast<int>(std::min<int64_t>(mmvim_scan::kMaxTokenThreads,
+                                              std::max<int64_t>(needed, 1)));
+  tt = (tt + mmvim_scan::kRowThreads - 1) / mmvim_scan::kRowThreads *
+       mmvim_scan::kRowThreads;
+  p.token_threads = tt;
+  const int64_t tile = int64_t(tt) * mmvim_scan::kItems;
+  p.tiles = std::max<int64_t>(1, (s.length + tile - 1) / tile);
   p.softplus = softplus;
   p.scale = static_cast<float>(scale);
-  p.warp_uniform_group = (p.dim / p.groups) % 32 == 0;
+  p.B_lanes = shared_lanes(s.dim, s.B_groups);
+  p.C_lanes = shared_lanes(s.dim, s.C_groups);
   return p;
 }
 
+bool bc_is_float(const DirTensors& d) {
+  return d.B.scalar_type() == at::kFloat && d.x.scalar_type() != at::kFloat;
+}
+
+int64_t states_numel(const ScanParams& p) {
+  return int64_t(p.ndirs) * p.batch * p.dim * p.tiles * p.state;
+}
+
 std::vector<at::Tensor> forward_impl(const std::vector<DirTensors>& dirs,
-                                        const std::optional<at::Tensor>& z,
-                                        double scale, bool softplus,
-                                        bool return_last_state) {
-  mmvim_scan::check_inputs(kBackend, dirs, z);
-  const auto& u = dirs[0].u;
-  const DeviceGuard guard(u.device());
-  auto f32 = u.options().dtype(at::kFloat);
-  auto out = new_output(u.sizes(), u.options());
-  auto acc = new_output(u.sizes(), f32);
-  auto last = new_output({return_last_state ? u.size(0) : 0, u.size(1), dirs[0].A.size(1)}, f32);
-  ScanParams p = base_params(dirs, z, softplus, scale);
+                                     const std::optional<at::Tensor>& z,
+                                     double scale, bool softplus,
+                                     bool return_last_state) {
+  const auto s = mmvim_scan::check_inputs(kBackend, dirs, z);
+  const auto& x = dirs[0].x;
+  const DeviceGuard guard(x.device());
+  auto f32 = x.options().dtype(at::kFloat);
+  ScanParams p = base_params(dirs, s, z, softplus, scale);
+  auto out = new_output({s.batch, s.length, s.dim}, x.options());
+  auto ybuf = at::empty({p.ndirs == 2 ? s.batch : 0, s.length, s.dim}, f32);
+  auto states = at::empty({states_numel(p)}, f32);
+  auto last = return_last_state ? at::zeros({s.batch, s.dim, s.state}, f32)
+                                : at::empty({0, s.dim, s.state}, f32);
   p.out = out.data_ptr();
-  p.acc = acc.data_ptr<float>();
+  p.ybuf = p.ndirs == 2 ? ybuf.data_ptr<float>() : nullptr;
+  p.tile_states = states.data_ptr<float>();
   p.last = return_last_state ? last.data_ptr<float>() : nullptr;
-  if (u.numel() > 0) {
-    dispatch_dtype(u.scalar_type(), [&](auto tag) {
-      mmvim_scan::launch_scan_fwd<decltype(tag)>(p, current_stream());
+  if (out.numel() > 0) {
+    dispatch_dtype(x.scalar_type(), [&](auto tag) {
+      mmvim_scan::launch_scan_fwd<decltype(tag)>(p, bc_is_float(dirs[0]),
+                                                 current_stream());
     });
     check_launch();
-  } else if (return_last_state) {
-    last.zero_();  // no token: the state stays at its zero start
   }
-  return {out, acc, last};
+  return {out, states, last};
 }
 
 std::vector<at::Tensor> backward_impl(const std::vector<DirTensors>& dirs,
-                                         const std::optional<at::Tensor>& z,
-                                         const at::Tensor& dout_in,
-                                         const at::Tensor& acc,
-                                         double scale, bool softplus) {
+                                      const std::optional<at::Tensor>& z,
+                                      const at::Tensor& dout_in,
+                                      const at::Tensor& states, double scale,
+                                      bool softplus) {
   auto dout = dout_in.contiguous();
-  mmvim_scan::check_inputs(kBackend, dirs, z, &dout, &acc);
-  const auto& u = dirs[0].u;
-  const DeviceGuard guard(u.device());
-  auto f32 = u.options().dtype(at::kFloat);
-  const int64_t N = dirs[0].A.size(1);
-  const int64_t n_chunks = (u.size(2) + mmvim_scan::kChunk - 1) / mmvim_scan::kChunk;
-  const int64_t threads = mmvim_scan::kThreads;
-  const int64_t dim_padded = (u.size(1) + threads - 1) / threads * threads;
-  auto gy = at::empty({u.size(0), dim_padded, u.size(2)}, f32);
-  auto checkpoints = at::empty({u.size(0), dim_padded, n_chunks, N}, f32);
-  ScanParams p = base_params(dirs, z, softplus, scale);
-  p.dim_padded = dim_padded;
+  const auto s = mmvim_scan::check_inputs(kBackend, dirs, z, &dout);
+  const auto& x = dirs[0].x;
+  const DeviceGuard guard(x.device());
+  auto f32 = x.options().dtype(at::kFloat);
+  ScanParams p = base_params(dirs, s, z, softplus, scale);
+  mmvim_scan::check_states(kBackend, states, x, at::kFloat, states_numel(p));
+  // each direction's y, for dz
+  auto ybuf = at::empty({z ? p.ndirs : 0, s.batch, s.length, s.dim}, f32);
+  p.ybuf = z ? ybuf.data_ptr<float>() : nullptr;
+  p.tile_states = const_cast<float*>(states.data_ptr<float>());
   p.dout = dout.data_ptr();
-  p.acc_in = acc.data_ptr<float>();
-  p.gy = gy.data_ptr<float>();
-  p.checkpoints = checkpoints.data_ptr<float>();
   std::vector<at::Tensor> grads;
   for (size_t k = 0; k < dirs.size(); ++k) {
     const auto& d = dirs[k];
-    grads.push_back(new_output(d.u.sizes(), d.u.options()));      // du
-    grads.push_back(new_output(d.delta.sizes(), d.u.options()));  // ddelta
-    grads.push_back(at::zeros_like(d.A));                       // dA
-    grads.push_back(at::zeros_like(d.Bt));                      // dBt
-    grads.push_back(at::zeros_like(d.Ct));                      // dCt
-    grads.push_back(at::zeros({u.size(1)}, f32));               // dD
-    grads.push_back(at::zeros({u.size(1)}, f32));               // dbias
-    p.du[k] = grads[k * 7].data_ptr();
-    p.ddelta[k] = grads[k * 7 + 1].data_ptr();
-    p.dA[k] = grads[k * 7 + 2].data_ptr<float>();
-    p.dBt[k] = grads[k * 7 + 3].data_ptr<float>();
-    p.dCt[k] = grads[k * 7 + 4].data_ptr<float>();
-    p.dD[k] = grads[k * 7 + 5].data_ptr<float>();
-    p.dbias[k] = grads[k * 7 + 6].data_ptr<float>();
+    auto& q = p.dirs[k];
+    grads.push_back(new_output({s.batch, s.length, s.dim}, x.options()));  // du
+    grads.push_back(new_output({s.batch, s.length, s.dim}, x.options()));  // ddelta
+    grads.push_back(at::zeros({s.dim, s.state}, f32));                     // dA
+    grads.push_back(at::zeros(mmvim_scan::bc_grad_shape(d.B), f32));       // dB
+    grads.push_back(at::zeros(mmvim_scan::bc_grad_shape(d.C), f32));       // dC
+    grads.push_back(at::zeros({s.dim}, f32));                              // dD
+    grads.push_back(at::zeros({s.dim}, f32));                              // dbias
+    const size_t first = k * 7;
+    q.du = grads[first].data_ptr();
+    q.ddelta = grads[first + 1].data_ptr();
+    q.dA = grads[first + 2].data_ptr<float>();
+    q.dB = grads[first + 3].data_ptr<float>();
+    q.dC = grads[first + 4].data_ptr<float>();
+    q.dD = grads[first + 5].data_ptr<float>();
+    q.dbias = grads[first + 6].data_ptr<float>();
   }
-  auto dz = z ? new_output(z->sizes(), z->options()) : at::empty({0}, u.options());
+  auto dz = z ? new_output({s.batch, s.length, s.dim}, x.options())
+              : at::empty({0}, x.options());
   p.dz = z ? dz.data_ptr() : nullptr;
-  if (u.numel() > 0) {
-    dispatch_dtype(u.scalar_type(), [&](auto tag) {
-      mmvim_scan::launch_scan_bwd<decltype(tag)>(p, current_stream());
+  if (dout.numel() > 0) {
+    dispatch_dtype(x.scalar_type(), [&](auto tag) {
+      mmvim_scan::launch_scan_bwd<decltype(tag)>(p, bc_is_float(dirs[0]),
+                                                 current_stream());
     });
     check_launch();
   }
@@ -183,5 +244,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "the kernel launches since the last call: name, grid, block, dynamic "
       "shared memory bytes (emulator only)");
+  m.def("simt_set_dry_run", [](bool on) { mmvim_simt::dry_run() = on; },
+        "record launches without running them (emulator only; outputs are "
+        "left unwritten)");
 #endif
 }

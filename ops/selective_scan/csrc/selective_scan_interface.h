@@ -1,13 +1,28 @@
-// The Python interface both scan extensions export (CPU: selective_scan_cpu
-// .cpp, CUDA: selective_scan_cuda.cpp). A backend implements forward_impl
-// and backward_impl over one or two directions and calls bind_scan().
+// The Python interface both scan extensions export (CPU:
+// selective_scan_cpu.cpp, CUDA: selective_scan_cuda.cpp, also built for the
+// CPU under the SIMT emulation). A backend implements forward_impl and
+// backward_impl over one or two directions and calls bind_scan().
 //
-//   scan_fwd(u, delta, A, Bt, Ct, D?, bias?, z?, softplus, reverse,
-//            return_last_state) -> [out, acc, last_state]
-//   scan_bwd(u, delta, A, Bt, Ct, D?, bias?, z?, dout, acc, softplus,
-//            reverse) -> [du, ddelta, dA, dBt, dCt, dD, dbias, dz]
-//   bi_scan_fwd / bi_scan_bwd: the same for a forward direction and a
-//            reverse one (the "_b" tensors), with out scaled by `scale`.
+//   scan_fwd(dirs, reverse, z?, softplus, scale, return_last_state)
+//       -> [out, states, last_state]
+//   scan_bwd(dirs, reverse, z?, dout, states, softplus, scale)
+//       -> per direction [du, ddelta, dA, dB, dC, dD, dbias], then dz
+//
+// dirs: one list per direction, [x, conv_weight?, conv_bias?, delta, A, B,
+// C, D?, delta_bias?]; reverse: per direction, scan from the last token.
+// Shapes (b batch, L tokens, E channels, N states, W conv taps, G groups):
+//   x, delta, z: (b, L, E), any strides: the token-major outputs of linear
+//     layers are read where they are;
+//   conv_weight: (E, W), W <= 4, conv_bias (E,): the scan input is then
+//     u = silu(depthwise conv of x), causal in scan order (so anti-causal in
+//     tokens for a reverse direction); without them u = x;
+//   A: (E, N); B, C: (b, L, G, N), any strides, 0 for a dimension they are
+//     shared over (a constant (E, N) B is (b, L, E, N) expanded);
+//   D, delta_bias: (E,);
+//   out: (b, L, E) contiguous, scale * (sum over directions of y) *
+//     (silu(z) if z); states: what the backward needs besides the inputs;
+//   dB, dC: (b, L, G, N) with the shared dimensions kept at size 1;
+//   du: the gradient of u (the conv's output when there is a conv).
 #pragma once
 
 // ATen and torch's pybind11 casters: a third of the compile time of
@@ -24,138 +39,178 @@
 
 namespace mmvim_scan {
 
+using OptTensor = std::optional<at::Tensor>;
+using Tensors = std::vector<at::Tensor>;
+
 // One direction's tensors, as the kernels receive them.
 struct DirTensors {
-  at::Tensor u, delta, A, Bt, Ct;
-  std::optional<at::Tensor> D, bias;
+  at::Tensor x;
+  OptTensor conv_weight, conv_bias;
+  at::Tensor delta, A, B, C;
+  OptTensor D, bias;
   bool reverse;
 };
-
-using Tensors = std::vector<at::Tensor>;
-using OptTensor = std::optional<at::Tensor>;
-// (directions, z, scale, softplus, return_last_state) -> [out, acc, last]
-using ForwardImpl = Tensors (*)(const std::vector<DirTensors>&,
-                                const OptTensor&, double, bool, bool);
-// (directions, z, dout, acc, scale, softplus) -> per direction
-// [du, ddelta, dA, dBt, dCt, dD, dbias], then dz
-using BackwardImpl = Tensors (*)(const std::vector<DirTensors>&,
-                                 const OptTensor&, const at::Tensor&,
-                                 const at::Tensor&, double, bool);
 
 // What a backend accepts; the checks below are shared by every binding.
 struct Backend {
   const char* name;            // for messages: "CPU", "CUDA"
   c10::DeviceType device;      // where its tensors live
-  bool float32_weights;        // A, B, C, D, bias float32 with float32 /
-                               // float16 / bfloat16 data (CUDA); otherwise
-                               // every tensor in u's float32/float64 (CPU)
-  int64_t max_state;           // largest N the kernels are built for; 0: any
+  bool float32_weights;        // A, D, bias, conv float32 with float32 /
+                               // float16 / bfloat16 data, B and C in the
+                               // data dtype or float32 (CUDA); otherwise
+                               // every tensor in x's float32/float64 (CPU)
+  int64_t max_state;           // largest N the kernels take; 0: any
+  int64_t max_conv_width;      // widest depthwise conv fused; 0: any
 };
 
 struct Sizes {
-  int64_t batch, dim, length, state, groups;
+  int64_t batch, dim, length, state, B_groups, C_groups, conv_width;
 };
 
-// Checks every input of a call (dout and acc for the backward pass) and
+// Checks every input of a call (dout and states for the backward pass) and
 // returns the sizes. Each message names the argument and what it must be:
 // the kernels index raw memory, so a wrong shape would read out of bounds.
 inline Sizes check_inputs(const Backend& backend,
                           const std::vector<DirTensors>& dirs,
-                          const std::optional<at::Tensor>& z,
-                          const at::Tensor* dout = nullptr,
-                          const at::Tensor* acc = nullptr) {
+                          const OptTensor& z,
+                          const at::Tensor* dout = nullptr) {
   const std::string who = std::string("selective scan ") + backend.name +
                           " kernel: ";
-  const auto& u = dirs.at(0).u;
-  TORCH_CHECK(u.dim() == 3, who, "u must be (batch, dim, length), got ",
-              u.sizes());
+  TORCH_CHECK(!dirs.empty() && dirs.size() <= 2, who,
+              "one or two directions, got ", dirs.size());
+  const auto& x = dirs[0].x;
+  TORCH_CHECK(x.dim() == 3, who, "x must be (batch, length, dim), got ",
+              x.sizes());
   TORCH_CHECK(dirs[0].A.dim() == 2, who, "A must be (dim, state), got ",
               dirs[0].A.sizes());
-  TORCH_CHECK(dirs[0].Bt.dim() == 4, who,
-              "B must be (batch, groups, length, state) after the transpose "
-              "of the Python wrapper, got ", dirs[0].Bt.sizes());
-  const Sizes s{u.size(0), u.size(1), u.size(2), dirs[0].A.size(1),
-                dirs[0].Bt.size(1)};
-  TORCH_CHECK(s.groups > 0 && s.dim % s.groups == 0, who, "B and C have ",
-              s.groups, " groups, which must be at least 1 and divide the ",
-              s.dim, " channels of u");
+  Sizes s{x.size(0), x.size(2), x.size(1), dirs[0].A.size(1), 0, 0, 0};
   TORCH_CHECK(backend.max_state == 0 || s.state <= backend.max_state, who,
               "state size N = ", s.state, " is above the ", backend.max_state,
               " this kernel supports; use the reference (MMVIM_SCAN_IMPL=ref)");
-  const std::vector<int64_t> bc{s.batch, s.groups, s.length, s.state};
-  std::vector<std::pair<const char*, const at::Tensor*>> data, weights;
-  for (const auto& d : dirs) {
-    TORCH_CHECK(d.u.sizes() == u.sizes() && d.delta.sizes() == u.sizes(), who,
-                "u and delta of every direction must be (batch, dim, length) "
-                "= ", u.sizes(), ", got ", d.u.sizes(), " and ",
+  std::vector<std::pair<const char*, const at::Tensor*>> data, weights, bc;
+  for (size_t k = 0; k < dirs.size(); ++k) {
+    const auto& d = dirs[k];
+    TORCH_CHECK(d.x.sizes() == x.sizes() && d.delta.sizes() == x.sizes(), who,
+                "x and delta of every direction must be (batch, length, dim) "
+                "= ", x.sizes(), ", got ", d.x.sizes(), " and ",
                 d.delta.sizes());
-    TORCH_CHECK(d.A.sizes() == dirs[0].A.sizes() &&
-                    d.A.size(0) == s.dim,
+    TORCH_CHECK(d.A.dim() == 2 && d.A.size(0) == s.dim &&
+                    d.A.size(1) == s.state,
                 who, "A of every direction must be (dim, state) = (", s.dim,
                 ", ", s.state, "), got ", d.A.sizes());
-    TORCH_CHECK(d.Bt.sizes() == at::IntArrayRef(bc) &&
-                    d.Ct.sizes() == at::IntArrayRef(bc),
-                who, "B and C must be (batch, groups, length, state) = ",
-                at::IntArrayRef(bc), " to match u and A, got ", d.Bt.sizes(),
-                " and ", d.Ct.sizes());
-    for (const auto* opt : {&d.D, &d.bias}) {
-      if (!*opt) continue;
-      TORCH_CHECK((*opt)->dim() == 1 && (*opt)->size(0) == s.dim, who,
-                  opt == &d.D ? "D" : "delta_bias", " must be (dim,) = (",
-                  s.dim, ",), got ", (*opt)->sizes());
-      weights.push_back({opt == &d.D ? "D" : "delta_bias", &**opt});
+    for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"B", &d.B},
+                                  {"C", &d.C}}) {
+      TORCH_CHECK(t->dim() == 4 && t->size(0) == s.batch &&
+                      t->size(1) == s.length && t->size(3) == s.state,
+                  who, name, " must be (batch, length, groups, state) = (",
+                  s.batch, ", ", s.length, ", G, ", s.state, "), got ",
+                  t->sizes());
+      const int64_t groups = t->size(2);
+      TORCH_CHECK(groups > 0 && s.dim % groups == 0, who, name, " has ",
+                  groups, " groups, which must be at least 1 and divide the ",
+                  s.dim, " channels");
+      int64_t& first = name[0] == 'B' ? s.B_groups : s.C_groups;
+      TORCH_CHECK(k == 0 || first == groups, who, name, " must have the same "
+                  "groups in both directions");
+      first = groups;
+      for (int64_t i = 0; i < 4; ++i)
+        TORCH_CHECK(t->stride(i) >= 0, who, name, " has a negative stride");
+      bc.push_back({name, t});
     }
-    data.insert(data.end(), {{"u", &d.u}, {"delta", &d.delta}});
-    weights.insert(weights.end(), {{"A", &d.A}, {"B", &d.Bt}, {"C", &d.Ct}});
+    TORCH_CHECK(d.conv_weight.has_value() || !d.conv_bias.has_value(), who,
+                "conv_bias without conv_weight");
+    if (d.conv_weight) {
+      const auto& w = *d.conv_weight;
+      TORCH_CHECK(w.dim() == 2 && w.size(0) == s.dim && w.size(1) > 0, who,
+                  "conv_weight must be (dim, width) = (", s.dim, ", W), got ",
+                  w.sizes());
+      TORCH_CHECK(backend.max_conv_width == 0 ||
+                      w.size(1) <= backend.max_conv_width,
+                  who, "a conv of width ", w.size(1), " is wider than the ",
+                  backend.max_conv_width, " this kernel fuses");
+      TORCH_CHECK(k == 0 || s.conv_width == w.size(1), who,
+                  "both directions' convs must have the same width");
+      s.conv_width = w.size(1);
+      weights.push_back({"conv_weight", &w});
+    } else {
+      TORCH_CHECK(k == 0 || s.conv_width == 0, who,
+                  "a conv in one direction only");
+    }
+    for (const auto* opt : {&d.D, &d.bias, &d.conv_bias}) {
+      if (!*opt) continue;
+      const char* name = opt == &d.D ? "D" : opt == &d.bias ? "delta_bias"
+                                                            : "conv_bias";
+      TORCH_CHECK((*opt)->dim() == 1 && (*opt)->size(0) == s.dim, who, name,
+                  " must be (dim,) = (", s.dim, ",), got ", (*opt)->sizes());
+      weights.push_back({name, &**opt});
+    }
+    data.insert(data.end(), {{"x", &d.x}, {"delta", &d.delta}});
+    weights.push_back({"A", &d.A});
   }
   if (z) {
-    TORCH_CHECK(z->sizes() == u.sizes(), who, "z must be (batch, dim, length) "
-                "= ", u.sizes(), ", got ", z->sizes());
+    TORCH_CHECK(z->sizes() == x.sizes(), who, "z must be (batch, length, "
+                "dim) = ", x.sizes(), ", got ", z->sizes());
     data.push_back({"z", &*z});
   }
   if (dout) {
-    TORCH_CHECK(dout->sizes() == u.sizes(), who, "the output gradient must "
-                "be (batch, dim, length) = ", u.sizes(), ", got ",
+    TORCH_CHECK(dout->sizes() == x.sizes(), who, "the output gradient must "
+                "be (batch, length, dim) = ", x.sizes(), ", got ",
                 dout->sizes());
     data.push_back({"the output gradient", dout});
   }
-  if (acc) {
-    TORCH_CHECK(acc->sizes() == u.sizes(), who, "acc must be the (batch, "
-                "dim, length) = ", u.sizes(), " tensor the forward returned, "
-                "got ", acc->sizes());
-  }
-  const auto dtype = u.scalar_type();
+  const auto dtype = x.scalar_type();
   if (backend.float32_weights) {
     TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf ||
                     dtype == at::kBFloat16,
-                who, "u must be float32, float16 or bfloat16, got ", dtype);
+                who, "x must be float32, float16 or bfloat16, got ", dtype);
   } else {
     TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, who,
-                "u must be float32 or float64, got ", dtype);
+                "x must be float32 or float64, got ", dtype);
   }
   const auto weight_dtype = backend.float32_weights ? at::kFloat : dtype;
-  for (const auto& [name, x] : data)
-    TORCH_CHECK(x->scalar_type() == dtype, who, name,
-                " must have u's dtype ", dtype, ", got ", x->scalar_type());
-  for (const auto& [name, x] : weights)
-    TORCH_CHECK(x->scalar_type() == weight_dtype, who, name, " must be ",
-                weight_dtype, ", got ", x->scalar_type());
-  if (acc) {
-    TORCH_CHECK(acc->scalar_type() == weight_dtype, who, "acc must be ",
-                weight_dtype, " as the forward returned it, got ",
-                acc->scalar_type());
-    data.push_back({"acc", acc});
+  for (const auto& [name, t] : data)
+    TORCH_CHECK(t->scalar_type() == dtype, who, name,
+                " must have x's dtype ", dtype, ", got ", t->scalar_type());
+  for (const auto& [name, t] : weights)
+    TORCH_CHECK(t->scalar_type() == weight_dtype, who, name, " must be ",
+                weight_dtype, ", got ", t->scalar_type());
+  const auto bc_dtype = bc[0].second->scalar_type();
+  for (const auto& [name, t] : bc) {
+    TORCH_CHECK(t->scalar_type() == bc_dtype &&
+                    (bc_dtype == dtype || bc_dtype == weight_dtype),
+                who, name, " must be in x's dtype or ", weight_dtype,
+                ", the same for B and C, got ", t->scalar_type());
   }
   data.insert(data.end(), weights.begin(), weights.end());
-  for (const auto& [name, x] : data) {
-    TORCH_CHECK(x->device().type() == backend.device &&
-                    x->device() == u.device(),
-                who, name, " is on ", x->device(), "; every input must be on "
-                "u's device ", u.device());
-    TORCH_CHECK(x->is_contiguous(), who, name, " must be contiguous (call "
-                ".contiguous() on it)");
+  data.insert(data.end(), bc.begin(), bc.end());
+  for (const auto& [name, t] : data) {
+    TORCH_CHECK(t->device().type() == backend.device &&
+                    t->device() == x.device(),
+                who, name, " is on ", t->device(), "; every input must be on "
+                "x's device ", x.device());
   }
+  for (const auto& [name, t] : weights)
+    TORCH_CHECK(t->is_contiguous(), who, name, " must be contiguous");
+  if (dout)
+    TORCH_CHECK(dout->is_contiguous(), who, "the output gradient must be "
+                "contiguous");
   return s;
+}
+
+// The states tensor handed back to the backward: the forward's, untouched.
+inline void check_states(const Backend& backend, const at::Tensor& states,
+                         const at::Tensor& x, at::ScalarType dtype,
+                         int64_t numel) {
+  const std::string who = std::string("selective scan ") + backend.name +
+                          " kernel: ";
+  TORCH_CHECK(states.device() == x.device(), who, "states is on ",
+              states.device(), "; every input must be on x's device ",
+              x.device());
+  TORCH_CHECK(states.scalar_type() == dtype && states.numel() == numel, who,
+              "states must be the ", dtype, " tensor of ", numel,
+              " elements the forward returned, got ", states.scalar_type(),
+              " with ", states.numel());
+  TORCH_CHECK(states.is_contiguous(), who, "states must be contiguous");
 }
 
 // Tests set this so that every output starts as NaN: an element a kernel
@@ -166,67 +221,70 @@ inline std::atomic<bool>& poison_outputs() {
 }
 
 inline at::Tensor new_output(at::IntArrayRef sizes,
-                                const at::TensorOptions& options) {
+                             const at::TensorOptions& options) {
   return poison_outputs()
              ? at::full(sizes, std::numeric_limits<double>::quiet_NaN(),
-                           options)
+                        options)
              : at::empty(sizes, options);
+}
+
+// dB / dC: B's shape with the dimensions it is shared over kept at 1.
+inline std::vector<int64_t> bc_grad_shape(const at::Tensor& t) {
+  return {t.stride(0) == 0 ? 1 : t.size(0), t.stride(1) == 0 ? 1 : t.size(1),
+          t.size(2), t.size(3)};
+}
+
+// (directions, z, scale, softplus, return_last_state) -> [out, states, last]
+using ForwardImpl = Tensors (*)(const std::vector<DirTensors>&,
+                                const OptTensor&, double, bool, bool);
+// (directions, z, dout, states, scale, softplus) -> per direction
+// [du, ddelta, dA, dB, dC, dD, dbias], then dz
+using BackwardImpl = Tensors (*)(const std::vector<DirTensors>&,
+                                 const OptTensor&, const at::Tensor&,
+                                 const at::Tensor&, double, bool);
+
+inline std::vector<DirTensors> to_dirs(
+    const std::vector<std::vector<OptTensor>>& dirs,
+    const std::vector<bool>& reverse) {
+  TORCH_CHECK(dirs.size() == reverse.size(), "selective scan: one reverse "
+              "flag per direction");
+  std::vector<DirTensors> out;
+  for (size_t k = 0; k < dirs.size(); ++k) {
+    const auto& d = dirs[k];
+    TORCH_CHECK(d.size() == 9, "selective scan: a direction is [x, "
+                "conv_weight, conv_bias, delta, A, B, C, D, delta_bias]");
+    for (int i : {0, 3, 4, 5, 6})
+      TORCH_CHECK(d[i].has_value(), "selective scan: x, delta, A, B and C "
+                  "are required");
+    out.push_back(DirTensors{*d[0], d[1], d[2], *d[3], *d[4], *d[5], *d[6],
+                             d[7], d[8], reverse[k]});
+  }
+  return out;
 }
 
 inline void bind_scan(pybind11::module& m, ForwardImpl forward,
                       BackwardImpl backward, const std::string& device) {
-  namespace py = pybind11;
+  using Dirs = std::vector<std::vector<OptTensor>>;
   m.def("set_poison_outputs", [](bool on) { poison_outputs() = on; },
         "fill every output with NaN before the kernel writes it (tests)");
   m.def(
       "scan_fwd",
-      [forward](at::Tensor u, at::Tensor delta, at::Tensor A,
-                at::Tensor Bt, at::Tensor Ct, OptTensor D,
-                OptTensor bias, OptTensor z, bool softplus, bool reverse,
+      [forward](const Dirs& dirs, const std::vector<bool>& reverse,
+                OptTensor z, bool softplus, double scale,
                 bool return_last_state) {
-        return forward({DirTensors{u, delta, A, Bt, Ct, D, bias, reverse}},
-                       z, 1.0, softplus, return_last_state);
+        return forward(to_dirs(dirs, reverse), z, scale, softplus,
+                       return_last_state);
       },
       ("selective scan forward (" + device + ")").c_str());
   m.def(
       "scan_bwd",
-      [backward](at::Tensor u, at::Tensor delta, at::Tensor A,
-                 at::Tensor Bt, at::Tensor Ct, OptTensor D,
-                 OptTensor bias, OptTensor z, at::Tensor dout,
-                 at::Tensor acc, bool softplus, bool reverse) {
-        return backward({DirTensors{u, delta, A, Bt, Ct, D, bias, reverse}},
-                        z, dout, acc, 1.0, softplus);
+      [backward](const Dirs& dirs, const std::vector<bool>& reverse,
+                 OptTensor z, at::Tensor dout, at::Tensor states,
+                 bool softplus, double scale) {
+        return backward(to_dirs(dirs, reverse), z, dout, states, scale,
+                        softplus);
       },
       ("selective scan backward (" + device + ")").c_str());
-  m.def(
-      "bi_scan_fwd",
-      [forward](at::Tensor u, at::Tensor delta, at::Tensor A,
-                at::Tensor Bt, at::Tensor Ct, OptTensor D,
-                OptTensor bias, at::Tensor u_b, at::Tensor delta_b,
-                at::Tensor A_b, at::Tensor Bt_b, at::Tensor Ct_b,
-                OptTensor D_b, OptTensor bias_b, OptTensor z, bool softplus,
-                double scale) {
-        return forward({DirTensors{u, delta, A, Bt, Ct, D, bias, false},
-                        DirTensors{u_b, delta_b, A_b, Bt_b, Ct_b, D_b, bias_b,
-                                   true}},
-                       z, scale, softplus, false);
-      },
-      ("bidirectional selective scan forward (" + device + ")").c_str());
-  m.def(
-      "bi_scan_bwd",
-      [backward](at::Tensor u, at::Tensor delta, at::Tensor A,
-                 at::Tensor Bt, at::Tensor Ct, OptTensor D,
-                 OptTensor bias, at::Tensor u_b, at::Tensor delta_b,
-                 at::Tensor A_b, at::Tensor Bt_b, at::Tensor Ct_b,
-                 OptTensor D_b, OptTensor bias_b, OptTensor z,
-                 at::Tensor dout, at::Tensor acc, bool softplus,
-                 double scale) {
-        return backward({DirTensors{u, delta, A, Bt, Ct, D, bias, false},
-                         DirTensors{u_b, delta_b, A_b, Bt_b, Ct_b, D_b,
-                                    bias_b, true}},
-                        z, dout, acc, scale, softplus);
-      },
-      ("bidirectional selective scan backward (" + device + ")").c_str());
 }
 
 }  // namespace mmvim_scan

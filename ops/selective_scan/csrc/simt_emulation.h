@@ -631,6 +631,12 @@ inline std::vector<LaunchRecord>& launch_records() {
   static std::vector<LaunchRecord> records;
   return records;
 }
+// Dry run: launches are checked and recorded but run no block (tests read
+// the geometry of shapes too large to emulate).
+inline std::atomic<bool>& dry_run() {
+  static std::atomic<bool> flag{false};
+  return flag;
+}
 inline std::map<const void*, size_t>& max_dynamic_smem() {
   static std::map<const void*, size_t> limits;
   return limits;
@@ -751,6 +757,7 @@ inline void launch(const void* fn, dim3 grid, dim3 blk_dim, size_t smem,
     throw std::runtime_error("SIMT emulation: invalid configuration "
                              "argument launching " + name + ": " + bad.str());
 
+  if (dry_run()) return;
   const uint64_t nblocks = uint64_t(grid.x) * grid.y * grid.z;
   std::atomic<uint64_t> next{0};
   std::atomic<bool> failed{false};
