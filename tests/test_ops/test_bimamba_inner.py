@@ -1,0 +1,183 @@
+"""The fused Vim mixer (``mmvim.ops.bimamba_inner``: both directions' conv,
+scan and gate over the compiled kernels, token-major) against the mixer's
+readable path (``BiMambaMixer.forward_reference``), output and every
+gradient, on the CPU kernel and on the CUDA kernel (under the SIMT
+emulation without a GPU, on the device with one); and what it keeps for
+backward."""
+import importlib
+
+import pytest
+import torch
+
+from mmvim.models.layers import BiMambaMixer, VimBlock
+from mmvim.ops import bimamba_inner
+from mmvim.ops.extension_loader import compiler_available
+from mmvim.ops.selective_scan_kernel import build_kernel
+
+GPU = torch.cuda.is_available()
+# (kind, device): the CPU kernel, and the CUDA kernel where it runs
+KINDS = [('cpu', 'cpu'), ('cuda', 'cuda') if GPU else ('simt', 'cpu')]
+
+
+@pytest.fixture(params=KINDS, ids=[k for k, _ in KINDS])
+def kind(request):
+    name, device = request.param
+    if not compiler_available(name):
+        pytest.skip(f'no compiler for the {name} build')
+    build_kernel(name)
+    return name, device
+
+
+def _rel(a, b):
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _mixer(dims, device, conv_bias=True, seed=0):
+    torch.manual_seed(seed)
+    mixer = BiMambaMixer(dims, d_state=16, conv_bias=conv_bias).to(device)
+    with torch.no_grad():  # away from the init so every gradient is alive
+        for p in mixer.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return mixer
+
+
+def _both_paths(mixer, hidden, kind, autocast_dtype=None):
+    """(fused output, reference output, fused grads, reference grads) of
+    out_proj(inner(in_proj(hidden))) with respect to hidden and every
+    parameter."""
+    leaves = [hidden] + list(mixer.parameters())
+    results = []
+    for fused in (True, False):
+        with torch.autocast(hidden.device.type, dtype=autocast_dtype
+                            or torch.bfloat16,
+                            enabled=autocast_dtype is not None):
+            xz = mixer.in_proj(hidden)
+            inner = bimamba_inner(
+                xz, mixer._direction_params(''),
+                mixer._direction_params('_b'), mixer.dt_rank,
+                mixer.d_state, mixer.divide_out, kind=kind) \
+                if fused else mixer.forward_reference(xz)
+            out = mixer.out_proj(inner)
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(
+            3)).to(out)
+        grads = torch.autograd.grad(out, leaves, grad, allow_unused=True)
+        results.append((out, grads))
+    return results
+
+
+@pytest.mark.parametrize('length', [1, 7, 197, 300])
+def test_fused_mixer_matches_the_readable_path(kind, length):
+    name, device = kind
+    mixer = _mixer(24, device, conv_bias=length != 7)
+    hidden = torch.randn(2, length, 24, device=device, requires_grad=True)
+    (out, grads), (ref, ref_grads) = _both_paths(mixer, hidden, name)
+    assert _rel(out, ref) < 1e-5
+    names = ['hidden'] + [n for n, _ in mixer.named_parameters()]
+    for n, g, r in zip(names, grads, ref_grads):
+        assert g is not None and r is not None, n
+        assert _rel(g, r) < 5e-5, (n, _rel(g, r))
+
+
+def test_fused_mixer_under_bfloat16_autocast(kind):
+    """Autocast as in training: the kernels see bfloat16 activations (the
+    CUDA kernel keeps them, the CPU kernel widens them) and float32 weights;
+    both paths round the same matmuls."""
+    name, device = kind
+    mixer = _mixer(32, device, seed=1)
+    hidden = torch.randn(2, 65, 32, device=device, requires_grad=True)
+    (out, grads), (ref, ref_grads) = _both_paths(
+        mixer, hidden, name, autocast_dtype=torch.bfloat16)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    assert _rel(out, ref) < 2e-2
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == r.dtype and _rel(g, r) < 5e-2
+
+
+def test_kernel_reads_the_linear_outputs_in_place(kind, monkeypatch):
+    """x and z reach the kernel as the halves of in_proj's output, B and C
+    as slices of x_proj's: no transposes or copies on the Python side (on
+    the CUDA kernel; the CPU kernel computes in float32 and gets the same
+    views for float32 data)."""
+    inner_module = importlib.import_module('mmvim.ops.bimamba_inner')
+    name, device = kind
+    mixer = _mixer(16, device)
+    xz = mixer.in_proj(torch.randn(1, 9, 16, device=device))
+    seen = {}
+    real = inner_module.kernel_module
+
+    class Spy:
+
+        def __init__(self, module):
+            self.module = module
+
+        def scan_fwd(self, dirs, reverse, z, *args):
+            seen.update(dirs=dirs, z=z)
+            return self.module.scan_fwd(dirs, reverse, z, *args)
+
+    monkeypatch.setattr(inner_module, 'kernel_module',
+                        lambda kind: Spy(real(kind)))
+    with torch.no_grad():
+        bimamba_inner(xz, mixer._direction_params(''),
+                      mixer._direction_params('_b'), mixer.dt_rank,
+                      mixer.d_state, kind=name)
+    storage = xz.untyped_storage().data_ptr()
+    assert seen['z'].untyped_storage().data_ptr() == storage
+    for direction in seen['dirs']:
+        x, delta, B, C = direction[0], direction[3], direction[5], \
+            direction[6]
+        assert x.untyped_storage().data_ptr() == storage
+        assert x.stride() == (9 * 64, 64, 1)  # token-major rows of xz
+        assert delta.is_contiguous() and delta.shape == (1, 9, 32)
+        # B and C: (b, L, 1, N) slices of one (b, L, R + 2N) x_proj output
+        assert B.untyped_storage().data_ptr() == \
+            C.untyped_storage().data_ptr()
+        assert B.shape == (1, 9, 1, 16) and B.stride()[1] == mixer.dt_rank + 32
+
+
+def _saved_bytes(module, x, autocast):
+    """Bytes of the distinct storages autograd keeps for backward of
+    module(x), parameters left out."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        module(x)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize('autocast', [False, True], ids=['fp32', 'bf16'])
+def test_a_vim_layer_saves_at_most_5_units(monkeypatch, autocast):
+    """One Vim-Ti layer (D = 192, E = 384) on the CPU kernel saves at most
+    5 units of b * E * L data elements for backward; measured per batch
+    element (two batch sizes), so weights and their autocast copies, which
+    do not grow with the batch, drop out."""
+    if not compiler_available('cpu'):
+        pytest.skip('no C++ compiler')
+    monkeypatch.setenv('MMVIM_SCAN_IMPL', 'cpu')
+    torch.manual_seed(0)
+    block = VimBlock(192)
+    length, inner = 197, 384
+    unit = inner * length * (2 if autocast else 4)
+
+    def per_item(impl):
+        monkeypatch.setenv('MMVIM_SCAN_IMPL', impl)
+        one, two = (_saved_bytes(block, torch.randn(b, length, 192,
+                                                    requires_grad=True),
+                                 autocast) for b in (1, 2))
+        return (two - one) / unit
+
+    units = per_item('cpu')
+    print(f'saved per layer: {units:.2f} units',
+          'bf16 autocast' if autocast else 'fp32')
+    assert units <= 5.0, units
+    # the readable path keeps the reference scan's (b, E, L, N) tensors: the
+    # measurement sees them
+    assert per_item('ref') > 40
