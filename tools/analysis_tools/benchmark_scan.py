@@ -22,6 +22,13 @@ memory bandwidth (from its memory clock and bus width) where PyTorch reports
 them. Then the end-to-end Vim-Ti forward at 224x224 (batch 1 and 8) with the
 kernel and with the reference, per image.
 
+First, a static table that needs no GPU (``--static-only`` prints just
+that): per case, the bytes each call must move (bfloat16 and float32
+data), their floor at the H100 and H200 memory bandwidths, the threads the
+CUDA kernel launches (read from the SIMT emulator's launch records in a dry
+run, where the emulated kernel builds), the exponentials and logarithms the
+kernel computes, and their floor at Hopper's special-function throughput.
+
 ``--time-budget`` skips a measurement that would not end in time (the
 forward + backward estimated at four forwards), listing it in ``skipped``
 with the reason; ``--out`` is rewritten after every case. A table goes to
@@ -49,6 +56,12 @@ CASES = {
 STATE = 16  # N of every Vim layer
 # a forward + backward costs about this many forwards (for the time budget)
 BACKWARD_COST = 4
+# bytes / s: NVIDIA's figures for the H100 SXM (HBM3) and H200 (HBM3e)
+BANDWIDTH = {'H100': 3.35e12, 'H200': 4.8e12}
+# exp2 / log2 results per second on either: 16 per clock per SM (CUDA C++
+# programming guide, arithmetic instructions, compute capability 9.0) x
+# 132 SMs x 1.98 GHz
+SFU_RATE = 16 * 132 * 1.98e9
 
 
 def parse_args(argv=None):
@@ -73,6 +86,9 @@ def parse_args(argv=None):
                         'that would not end in time is skipped')
     parser.add_argument('--skip-model', action='store_true',
                         help='skip the end-to-end Vim-Ti forward')
+    parser.add_argument('--static-only', action='store_true',
+                        help='print the static table (bytes, floors, '
+                        'threads, exponentials) and stop')
     parser.add_argument('--out', default='work_dirs/benchmark_scan.json')
     args = parser.parse_args(argv)
     if args.ref_repeats is None:
@@ -168,6 +184,97 @@ def scan_bytes(dims, length, batch, itemsize=4, backward=False):
         total += 2 * per_direction + 2 * data  # inputs, z and dout again
         total += 2 * per_direction + data  # their gradients, dz
     return itemsize * total
+
+
+def transcendentals(dims, length, batch, backward=False):
+    """exp / log evaluations of mmvim's bidirectional scan (no conv, as
+    benchmarked here), per the kernels' code: forward, per element and
+    direction, N decays exp2(delta * A) and softplus's exp and log1p, plus
+    one sigmoid of z per element; the backward recomputes the decays and
+    softplus per direction, adds softplus's derivative (expm1) and the
+    gate's sigmoid per direction, and one sigmoid per element for dz."""
+    elements = batch * 2 * dims * length
+    forward = elements * (2 * (STATE + 2) + 1)
+    if not backward:
+        return forward
+    return forward + elements * (2 * (STATE + 2 + 1 + 1) + 1)
+
+
+def launch_threads(dims, length, batch):
+    """(forward, backward) threads the CUDA kernel launches for a
+    bidirectional scan of this shape, read from the SIMT emulator's launch
+    records (a dry run computes nothing); None where the emulated kernel
+    cannot be built."""
+    from mmvim.ops.extension_loader import ExtensionBuildError
+    from mmvim.ops.selective_scan_kernel import (bi_selective_scan_kernel,
+                                                 build_kernel)
+    try:
+        emulated = build_kernel('simt')
+    except ExtensionBuildError:
+        return None
+    inner = 2 * dims
+    big = torch.zeros(1).expand(batch, inner, length)  # no memory behind it
+    bc = torch.zeros(1).expand(batch, STATE, length)
+    weights = [torch.zeros(inner, STATE), bc, bc, torch.zeros(inner)]
+    leaf = torch.zeros(1, requires_grad=True)
+    emulated.simt_launches()
+    emulated.simt_set_dry_run(True)
+    try:
+        out = bi_selective_scan_kernel(leaf.expand_as(big), big, *weights,
+                                       big, big, *weights, z=big,
+                                       delta_softplus=True, kind='simt')
+        torch.autograd.grad(out, leaf, torch.zeros(1).expand(out.shape))
+    finally:
+        emulated.simt_set_dry_run(False)
+    counts = [r['grid'][0] * r['grid'][1] * r['grid'][2] * r['block'][0] *
+              r['block'][1] * r['block'][2]
+              for r in emulated.simt_launches() if 'scan_' in r['kernel']]
+    return tuple(counts)
+
+
+def static_rows(cases, batch=None):
+    """The device-independent figures of each case (see the docstring)."""
+    rows = []
+    for name in cases:
+        dims, length, default_batch = CASES[name]
+        b = batch or default_batch
+        threads = launch_threads(dims, length, b)
+        row = dict(case=name, batch=b, tokens=length, channels=2 * dims,
+                   threads_forward=threads and threads[0],
+                   threads_backward=threads and threads[1])
+        for backward in (False, True):
+            key = 'fwd_bwd' if backward else 'fwd'
+            row[f'{key}_exps'] = transcendentals(dims, length, b, backward)
+            row[f'{key}_sfu_floor_ms'] = row[f'{key}_exps'] / SFU_RATE * 1e3
+            for dtype, size in (('bf16', 2), ('fp32', 4)):
+                moved = scan_bytes(dims, length, b, size, backward)
+                row[f'{key}_bytes_{dtype}'] = moved
+                for gpu, rate in BANDWIDTH.items():
+                    row[f'{key}_floor_ms_{dtype}_{gpu}'] = moved / rate * 1e3
+        rows.append(row)
+    return rows
+
+
+def print_static(rows):
+    print('\nstatic: bytes each call must move and their floor at peak '
+          'bandwidth, threads launched, exp/log computed and their floor '
+          'at the special-function rate (Hopper)')
+    print(f"{'case':<13}{'pass':<8}{'MB bf16':>9}{'H100 ms':>9}"
+          f"{'H200 ms':>9}{'MB fp32':>9}{'H200 ms':>9}{'threads':>10}"
+          f"{'Mexp':>8}{'SFU ms':>8}")
+    for r in rows:
+        for key, label, threads in (('fwd', 'fwd', r['threads_forward']),
+                                    ('fwd_bwd', 'fwd+bwd',
+                                     r['threads_backward'])):
+            print(f"{r['case']:<13}{label:<8}"
+                  f"{r[f'{key}_bytes_bf16'] / 1e6:>9.1f}"
+                  f"{r[f'{key}_floor_ms_bf16_H100']:>9.3f}"
+                  f"{r[f'{key}_floor_ms_bf16_H200']:>9.3f}"
+                  f"{r[f'{key}_bytes_fp32'] / 1e6:>9.1f}"
+                  f"{r[f'{key}_floor_ms_fp32_H200']:>9.3f}"
+                  f"{threads if threads else 'n/a':>10}"
+                  f"{r[f'{key}_exps'] / 1e6:>8.0f}"
+                  f"{r[f'{key}_sfu_floor_ms']:>8.3f}")
 
 
 def peak_bandwidth(device):
@@ -327,6 +434,13 @@ def main(argv=None):
                   bytes_definition=scan_bytes.__doc__.split('\n')[0] +
                   ' (inputs read and outputs written once; a lower bound)',
                   scan=scan_rows, model=model_rows, skipped=skipped)
+    static = static_rows(args.cases, args.batch)
+    result['static'] = static
+    print_static(static)
+    if args.static_only:
+        write(result, args.out)
+        print(f'\nwrote {args.out}')
+        return
     for case in args.cases:
         scan_rows += bench_case(case, impls, args, budget, skipped, peak)
         write(result, args.out)  # a run stopped from outside keeps this

@@ -222,32 +222,36 @@ void load_block(const Direction<T>& dir, const Sizes& s, int64_t b,
   constexpr int W = kLanes<T>;
   const int64_t L = s.length;
   const int K = dir.conv_width;
+  const int n = blk.count;
+  // token rows outer, lanes inner: a token's channels are neighbours in
+  // the token-major inputs, so each row is one or two cache lines
+  T bias[W], cb[W];
   for (int w = 0; w < W; ++w) {
-    if (w >= blk.count) {
-      for (int64_t t = 0; t < L; ++t) sc.u[t * W + w] = sc.d[t * W + w] = T(0);
-      continue;
-    }
-    const int64_t e = blk.e0 + w;
-    const T* x = dir.x + b * dir.x_sb + e * dir.x_se;
-    const T* delta = dir.delta + b * dir.d_sb + e * dir.d_se;
-    const T bias = dir.bias ? dir.bias[e] : T(0);
-    for (int64_t t = 0; t < L; ++t) sc.d[t * W + w] = delta[t * dir.d_st] + bias;
+    bias[w] = (w < n && dir.bias) ? dir.bias[blk.e0 + w] : T(0);
+    cb[w] = (w < n && dir.conv_b) ? dir.conv_b[blk.e0 + w] : T(0);
+  }
+  const T* x0 = dir.x + b * dir.x_sb + blk.e0 * dir.x_se;
+  const T* d0 = dir.delta + b * dir.d_sb + blk.e0 * dir.d_se;
+  for (int64_t t = 0; t < L; ++t) {
+    T* d = sc.d.data() + t * W;
+    const T* drow = d0 + t * dir.d_st;
+    for (int w = 0; w < W; ++w)
+      d[w] = w < n ? drow[w * dir.d_se] + bias[w] : T(0);
+    T* u = sc.u.data() + t * W;
     if (!dir.conv_w) {
-      for (int64_t t = 0; t < L; ++t) sc.u[t * W + w] = x[t * dir.x_st];
+      const T* xrow = x0 + t * dir.x_st;
+      for (int w = 0; w < W; ++w) u[w] = w < n ? xrow[w * dir.x_se] : T(0);
       continue;
     }
-    // tap k reads the token k - (K - 1) scan steps away: before t for a
+    for (int w = 0; w < W; ++w) u[w] = cb[w];
+    // tap k reads the token K - 1 - k scan steps back: before t for a
     // forward direction, after it for a reverse one
-    const T* cw = dir.conv_w + e * K;
-    const T cb = dir.conv_b ? dir.conv_b[e] : T(0);
-    const int64_t step = dir.reverse ? -1 : 1;
-    for (int64_t t = 0; t < L; ++t) {
-      T v = cb;
-      for (int k = 0; k < K; ++k) {
-        const int64_t src = t - step * (K - 1 - k);
-        if (src >= 0 && src < L) v += cw[k] * x[src * dir.x_st];
-      }
-      sc.u[t * W + w] = v;
+    for (int k = 0; k < K; ++k) {
+      const int64_t src = dir.reverse ? t + (K - 1 - k) : t - (K - 1 - k);
+      if (src < 0 || src >= L) continue;
+      const T* xrow = x0 + src * dir.x_st;
+      for (int w = 0; w < n; ++w)
+        u[w] += dir.conv_w[(blk.e0 + w) * K + k] * xrow[w * dir.x_se];
     }
   }
   if (dir.conv_w) {
@@ -574,18 +578,19 @@ std::vector<at::Tensor> backward_impl(const std::vector<DirTensors>& dirs,
                               gB[k].per_token, gC[k].per_token);
             // back through delta = softplus(delta_raw + bias); sc.d holds
             // softplus(raw), and sigmoid(raw) = 1 - exp(-softplus(raw))
-            for (int w = 0; w < blk.count; ++w) {
-              const int64_t e = blk.e0 + w;
-              T bias_grad = T(0);
-              for (int64_t t = 0; t < L; ++t) {
+            T bias_grad[W] = {};
+            for (int64_t t = 0; t < L; ++t) {
+              T* dd_row = gr_dd + (b * L + t) * E + blk.e0;
+              T* du_row = gr_du + (b * L + t) * E + blk.e0;
+              for (int w = 0; w < blk.count; ++w) {
                 T dd = sc.dd[t * W + w];
                 if (softplus) dd *= -std::expm1(-sc.d[t * W + w]);
-                bias_grad += dd;
-                gr_dd[(b * L + t) * E + e] = dd;
-                gr_du[(b * L + t) * E + e] = sc.du[t * W + w];
+                bias_grad[w] += dd;
+                dd_row[w] = dd;
+                du_row[w] = sc.du[t * W + w];
               }
-              gr_bias[e] += bias_grad;
             }
+            for (int w = 0; w < blk.count; ++w) gr_bias[blk.e0 + w] += bias_grad[w];
           }
           if (dzp) {
             for (int64_t t = 0; t < L; ++t) {
