@@ -241,7 +241,8 @@ def _reason(error):
     compiler's first diagnostic, a missing program, or the last line."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     for marker in ('error:', 'not found', 'No such file'):
-        hits = [line for line in lines if marker in line and ' -o ' not in line]
+        hits = [line for line in lines
+                if marker in line and ' -o ' not in line]
         if hits:
             return hits[0]
     return lines[-1] if lines else type(error).__name__

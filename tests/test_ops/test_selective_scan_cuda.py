@@ -6,7 +6,7 @@ one, the same tests run the real kernel on the device. Outputs start as NaN
 (MMVIM_SCAN_POISON=1), so an element the kernel does not write fails.
 
 The matrix covers float32 / float16 / bfloat16 data, single and
-bidirectional scans, N in {1, 5, 16, 24, 64}, grouped and ungrouped B/C,
+bidirectional scans, N in {1, 5, 16, 24, 64, 256}, grouped and ungrouped B/C,
 with and without z, D, delta_bias, softplus and the last state, L in
 {1, 7, 197, 2049} and 6085 (a 1248x1248 image) for one small case, and
 channel counts that leave threads of a block (and lanes of a warp) idle.
@@ -103,6 +103,7 @@ SINGLE_CASES = [
     (BF16, 1, 40, 64, 7, 4, dict(NONE, D=True)),
     (BF16, 1, 32, 1, 2049, None, dict(ALL, delta_bias=False)),
     (BF16, 1, 48, 5, 1, 2, dict(ALL, last=False)),
+    (F32, 1, 16, 256, 300, None, ALL),  # Mamba's largest N, two tiles
 ]
 
 

@@ -87,8 +87,9 @@ class BiMambaMixer(nn.Module):
         """What :func:`bimamba_inner` takes of one direction."""
         conv = getattr(self, 'conv1d' + suffix)
         dt_proj = getattr(self, 'dt_proj' + suffix)
-        return (conv.weight, conv.bias, getattr(self, 'x_proj' + suffix).weight,
-                dt_proj.weight, dt_proj.bias,
+        return (conv.weight, conv.bias,
+                getattr(self, 'x_proj' + suffix).weight, dt_proj.weight,
+                dt_proj.bias,
                 getattr(self, 'A' + suffix + '_log'),
                 getattr(self, 'D' + suffix))
 
