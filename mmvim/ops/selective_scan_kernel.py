@@ -14,6 +14,7 @@ CUDA kernel keeps float16 / bfloat16 data as they are, with float32 A, D,
 delta_bias, state and accumulators, and B / C in the data dtype or float32.
 Every gradient comes back in its input's dtype and layout.
 """
+import contextlib
 import os
 
 import torch
@@ -45,6 +46,24 @@ def build_kernel(kind):
 def default_kind(device_type):
     """The kernel kind for tensors on ``device_type`` ('cpu' or 'cuda')."""
     return 'cuda' if device_type == 'cuda' else 'cpu'
+
+
+@contextlib.contextmanager
+def simt_launch_records(dry_run=True):
+    """The emulated CUDA kernel's launches made inside the ``with`` block,
+    as a list of dicts (kernel, grid, block, dynamic_smem) filled when it
+    ends. ``dry_run``: the launches are checked and recorded but compute
+    nothing (outputs are left unwritten), so shapes too large to emulate
+    can be inspected."""
+    module = build_kernel('simt')
+    module.simt_launches()  # forget earlier ones
+    module.simt_set_dry_run(dry_run)
+    records = []
+    try:
+        yield records
+    finally:
+        module.simt_set_dry_run(False)
+        records.extend(module.simt_launches())
 
 
 def kernel_module(kind):

@@ -12,21 +12,6 @@ import torch
 from mmvim.models.layers import BiMambaMixer, VimBlock
 from mmvim.ops import bimamba_inner
 from mmvim.ops.extension_loader import compiler_available
-from mmvim.ops.selective_scan_kernel import build_kernel
-
-GPU = torch.cuda.is_available()
-# (kind, device): the CPU kernel, and the CUDA kernel where it runs
-KINDS = [('cpu', 'cpu'), ('cuda', 'cuda') if GPU else ('simt', 'cpu')]
-
-
-@pytest.fixture(params=KINDS, ids=[k for k, _ in KINDS])
-def kind(request):
-    name, device = request.param
-    if not compiler_available(name):
-        pytest.skip(f'no compiler for the {name} build')
-    build_kernel(name)
-    return name, device
-
 
 def _rel(a, b):
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
@@ -67,8 +52,8 @@ def _both_paths(mixer, hidden, kind, autocast_dtype=None):
 
 
 @pytest.mark.parametrize('length', [1, 7, 197, 300])
-def test_fused_mixer_matches_the_readable_path(kind, length):
-    name, device = kind
+def test_fused_mixer_matches_the_readable_path(scan_kind, length):
+    name, device = scan_kind
     mixer = _mixer(24, device, conv_bias=length != 7)
     hidden = torch.randn(2, length, 24, device=device, requires_grad=True)
     (out, grads), (ref, ref_grads) = _both_paths(mixer, hidden, name)
@@ -79,11 +64,11 @@ def test_fused_mixer_matches_the_readable_path(kind, length):
         assert _rel(g, r) < 5e-5, (n, _rel(g, r))
 
 
-def test_fused_mixer_under_bfloat16_autocast(kind):
+def test_fused_mixer_under_bfloat16_autocast(scan_kind):
     """Autocast as in training: the kernels see bfloat16 activations (the
     CUDA kernel keeps them, the CPU kernel widens them) and float32 weights;
     both paths round the same matmuls."""
-    name, device = kind
+    name, device = scan_kind
     mixer = _mixer(32, device, seed=1)
     hidden = torch.randn(2, 65, 32, device=device, requires_grad=True)
     (out, grads), (ref, ref_grads) = _both_paths(
@@ -94,13 +79,13 @@ def test_fused_mixer_under_bfloat16_autocast(kind):
         assert g.dtype == r.dtype and _rel(g, r) < 5e-2
 
 
-def test_kernel_reads_the_linear_outputs_in_place(kind, monkeypatch):
+def test_kernel_reads_the_linear_outputs_in_place(scan_kind, monkeypatch):
     """x and z reach the kernel as the halves of in_proj's output, B and C
     as slices of x_proj's: no transposes or copies on the Python side (on
     the CUDA kernel; the CPU kernel computes in float32 and gets the same
     views for float32 data)."""
     inner_module = importlib.import_module('mmvim.ops.bimamba_inner')
-    name, device = kind
+    name, device = scan_kind
     mixer = _mixer(16, device)
     xz = mixer.in_proj(torch.randn(1, 9, 16, device=device))
     seen = {}

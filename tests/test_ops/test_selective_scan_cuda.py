@@ -23,7 +23,8 @@ from mmvim.ops import bi_selective_scan_ref, selective_scan_ref
 from mmvim.ops.extension_loader import compiler_available
 from mmvim.ops.selective_scan_kernel import (bi_selective_scan_kernel,
                                              build_kernel,
-                                             selective_scan_kernel)
+                                             selective_scan_kernel,
+                                             simt_launch_records)
 
 ON_GPU = torch.cuda.is_available()
 # the device the kernel's tensors live on, and the build that runs there
@@ -218,23 +219,16 @@ def test_launch_geometry_keeps_vim_shapes_busy(name, batch, length,
     """The scan is parallel over tokens as well as channels: read from the
     emulator's launch records (a dry run: nothing is computed) for Vim-Ti's
     bidirectional scan, E = 384, N = 16, forward and backward."""
-    emulated = build_kernel('simt')
     dim, state = 384, 16
     big = torch.zeros(1).expand(batch, dim, length)  # no memory behind it
     bc = torch.zeros(1).expand(batch, state, length)
     weights = [torch.zeros(dim, state), bc, bc, torch.zeros(dim)]
     leaf = torch.zeros(1, requires_grad=True)
-    emulated.simt_launches()
-    emulated.simt_set_dry_run(True)
-    try:
-        u = leaf.expand(batch, dim, length)
-        out = bi_selective_scan_kernel(u, big, *weights, big, big, *weights,
-                                       z=big, delta_softplus=True,
-                                       kind='simt')
+    with simt_launch_records() as launches:
+        out = bi_selective_scan_kernel(leaf.expand_as(big), big, *weights,
+                                       big, big, *weights, z=big,
+                                       delta_softplus=True, kind='simt')
         torch.autograd.grad(out, leaf, torch.zeros(1).expand(out.shape))
-    finally:
-        emulated.simt_set_dry_run(False)
-    launches = emulated.simt_launches()
     kernels = [r['kernel'].split('<')[0].split('::')[-1] for r in launches]
     assert kernels == ['scan_fwd_kernel', 'scan_bwd_kernel',
                        'gate_grad_kernel'], kernels

@@ -1,6 +1,8 @@
 """Small, real training runs for the launch tests (multi-process, Slurm,
 resume after a kill): a 2-layer, 32-wide Vim classifier on the synthetic
-ImageNet set, single-process data loading, a few iterations."""
+ImageNet set, single-process data loading, a few iterations; and the
+loading of the analysis tools the tool tests call in-process."""
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -12,6 +14,16 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 HERE = osp.dirname(osp.abspath(__file__))
 CLASSIFIER_CONFIG = osp.join(
     ROOT, 'configs', 'vim', 'vim-tiny-p16_1xb32-200it_synthetic-in1k-64px.py')
+TOOLS = osp.join(ROOT, 'tools', 'analysis_tools')
+
+
+def analysis_tool(name):
+    """The module tools/analysis_tools/<name>.py (scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        name, osp.join(TOOLS, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_classifier_config(path, extra=''):

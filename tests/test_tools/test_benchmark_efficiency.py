@@ -12,16 +12,10 @@ import time
 import pytest
 import torch
 
+from small_runs import analysis_tool
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOLS = osp.join(ROOT, 'tools', 'analysis_tools')
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(
-        name, osp.join(TOOLS, f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -36,12 +30,12 @@ def one_thread():
 
 @pytest.fixture(scope='module')
 def bench():
-    return _tool('benchmark_efficiency')
+    return analysis_tool('benchmark_efficiency')
 
 
 @pytest.fixture(scope='module')
 def flops():
-    return _tool('get_flops')
+    return analysis_tool('get_flops')
 
 
 def test_cpu_smoke_run_writes_table_json_and_png(bench, tmp_path, capsys):

@@ -1,24 +1,20 @@
 """tools/analysis_tools/benchmark_scan.py: the byte count behind its
 bandwidth figures, the time budget, and a tiny CPU run. Timings are never
 asserted."""
-import importlib.util
 import json
 import os.path as osp
 
 import pytest
 import torch
 
+from small_runs import analysis_tool
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 @pytest.fixture(scope='module')
 def scan_bench():
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_scan',
-        osp.join(ROOT, 'tools', 'analysis_tools', 'benchmark_scan.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return analysis_tool('benchmark_scan')
 
 
 def test_scan_bytes_count_each_tensor_once(scan_bench):

@@ -3,7 +3,6 @@ layout, the summary table, the file count) and the pieces of
 tools/analysis_tools/gpu_check.py that read other programs' output.
 Timings are never asserted, except that the dry run keeps its budget."""
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -16,21 +15,15 @@ import time
 
 import pytest
 
+from small_runs import analysis_tool
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOLS = osp.join(ROOT, 'tools', 'analysis_tools')
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(
-        name, osp.join(TOOLS, f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope='module')
 def check():
-    return _tool('gpu_check')
+    return analysis_tool('gpu_check')
 
 
 @pytest.fixture(scope='module')
@@ -234,7 +227,7 @@ def test_efficiency_plan_puts_the_paper_target_first(check):
 
 
 def test_every_plan_parses(check, monkeypatch):
-    bench = _tool('benchmark_efficiency')
+    bench = analysis_tool('benchmark_efficiency')
     for _, argv in check.efficiency_plan('dry-run', 'timm'):
         args = bench.parse_args(argv + ['--out', 'x.json'])
         assert args.device == 'cpu' and args.depth == 1
@@ -316,7 +309,7 @@ def test_small_parsers(check):
         'torch.OutOfMemoryError: CUDA out of memory. Tried 2 GiB'
     assert check.last_error('a\nb\nc\nd') == 'b | c | d'
     # the targets are read from benchmark_efficiency.py, not repeated
-    bench = _tool('benchmark_efficiency')
+    bench = analysis_tool('benchmark_efficiency')
     assert check.TARGETS == dict(
         TARGET_RESOLUTION=bench.TARGET_RESOLUTION,
         TARGET_FPS_RATIO=bench.TARGET_FPS_RATIO,
@@ -325,7 +318,7 @@ def test_small_parsers(check):
 
 
 def test_paper_targets_from_benchmark_rows(check):
-    bench = _tool('benchmark_efficiency')
+    bench = analysis_tool('benchmark_efficiency')
 
     def row(model, dtype, fps, memory, status='ok', neck='none'):
         return dict(model=model, neck=neck, dtype=dtype, mode='inference',
@@ -427,7 +420,7 @@ def test_efficiency_worker_order_oom_and_merge(check, tmp_path, monkeypatch):
     """The GPU plan through the worker with a stand-in for the measuring:
     every grid runs in order, a model out of memory stays out of the
     growth of its config, the rows end up merged, sorted and compared."""
-    bench = _tool('benchmark_efficiency')
+    bench = analysis_tool('benchmark_efficiency')
     monkeypatch.setattr(bench.torch.cuda, 'is_available', lambda: True)
     info = dict(device='cuda', device_name='a GPU', scan_impl='cuda',
                 deit_impl='timm', sdpa_backend='auto', batch=32)

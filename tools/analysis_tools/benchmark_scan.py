@@ -207,29 +207,23 @@ def launch_threads(dims, length, batch):
     cannot be built."""
     from mmvim.ops.extension_loader import ExtensionBuildError
     from mmvim.ops.selective_scan_kernel import (bi_selective_scan_kernel,
-                                                 build_kernel)
-    try:
-        emulated = build_kernel('simt')
-    except ExtensionBuildError:
-        return None
+                                                 simt_launch_records)
     inner = 2 * dims
     big = torch.zeros(1).expand(batch, inner, length)  # no memory behind it
     bc = torch.zeros(1).expand(batch, STATE, length)
     weights = [torch.zeros(inner, STATE), bc, bc, torch.zeros(inner)]
     leaf = torch.zeros(1, requires_grad=True)
-    emulated.simt_launches()
-    emulated.simt_set_dry_run(True)
     try:
-        out = bi_selective_scan_kernel(leaf.expand_as(big), big, *weights,
-                                       big, big, *weights, z=big,
-                                       delta_softplus=True, kind='simt')
-        torch.autograd.grad(out, leaf, torch.zeros(1).expand(out.shape))
-    finally:
-        emulated.simt_set_dry_run(False)
-    counts = [r['grid'][0] * r['grid'][1] * r['grid'][2] * r['block'][0] *
-              r['block'][1] * r['block'][2]
-              for r in emulated.simt_launches() if 'scan_' in r['kernel']]
-    return tuple(counts)
+        with simt_launch_records() as launches:
+            out = bi_selective_scan_kernel(leaf.expand_as(big), big, *weights,
+                                           big, big, *weights, z=big,
+                                           delta_softplus=True, kind='simt')
+            torch.autograd.grad(out, leaf, torch.zeros(1).expand(out.shape))
+    except ExtensionBuildError:
+        return None
+    return tuple(r['grid'][0] * r['grid'][1] * r['grid'][2] * r['block'][0] *
+                 r['block'][1] * r['block'][2]
+                 for r in launches if 'scan_' in r['kernel'])
 
 
 def static_rows(cases, batch=None):
