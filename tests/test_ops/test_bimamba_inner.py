@@ -2,16 +2,16 @@
 scan and gate over the compiled kernels, token-major) against the mixer's
 readable path (``BiMambaMixer.forward_reference``), output and every
 gradient, on the CPU kernel and on the CUDA kernel (under the SIMT
-emulation without a GPU, on the device with one); and what it keeps for
-backward."""
+emulation without a GPU, on the device with one), and that the kernel reads
+the linear layers' outputs where they are. (What a layer keeps for
+backward: tests/test_tools/test_benchmark_scan.py.)"""
 import importlib
 
 import pytest
 import torch
 
-from mmvim.models.layers import BiMambaMixer, VimBlock
+from mmvim.models.layers import BiMambaMixer
 from mmvim.ops import bimamba_inner
-from mmvim.ops.extension_loader import compiler_available
 
 def _rel(a, b):
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
@@ -118,51 +118,3 @@ def test_kernel_reads_the_linear_outputs_in_place(scan_kind, monkeypatch):
         assert B.untyped_storage().data_ptr() == \
             C.untyped_storage().data_ptr()
         assert B.shape == (1, 9, 1, 16) and B.stride()[1] == mixer.dt_rank + 32
-
-
-def _saved_bytes(module, x, autocast):
-    """Bytes of the distinct storages autograd keeps for backward of
-    module(x), parameters left out."""
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    storages = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-            torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
-        module(x)
-    return sum(storages.values())
-
-
-@pytest.mark.parametrize('autocast', [False, True], ids=['fp32', 'bf16'])
-def test_a_vim_layer_saves_at_most_5_units(monkeypatch, autocast):
-    """One Vim-Ti layer (D = 192, E = 384) on the CPU kernel saves at most
-    5 units of b * E * L data elements for backward; measured per batch
-    element (two batch sizes), so weights and their autocast copies, which
-    do not grow with the batch, drop out."""
-    if not compiler_available('cpu'):
-        pytest.skip('no C++ compiler')
-    monkeypatch.setenv('MMVIM_SCAN_IMPL', 'cpu')
-    torch.manual_seed(0)
-    block = VimBlock(192)
-    length, inner = 197, 384
-    unit = inner * length * (2 if autocast else 4)
-
-    def per_item(impl):
-        monkeypatch.setenv('MMVIM_SCAN_IMPL', impl)
-        one, two = (_saved_bytes(block, torch.randn(b, length, 192,
-                                                    requires_grad=True),
-                                 autocast) for b in (1, 2))
-        return (two - one) / unit
-
-    units = per_item('cpu')
-    print(f'saved per layer: {units:.2f} units',
-          'bf16 autocast' if autocast else 'fp32')
-    assert units <= 5.0, units
-    # the readable path keeps the reference scan's (b, E, L, N) tensors: the
-    # measurement sees them
-    assert per_item('ref') > 40

@@ -68,3 +68,19 @@ def test_tiny_cpu_run(scan_bench, tmp_path, capsys):
             row['forward_bytes'] / row['forward_s'] / 1e9)
         # the reference's backward only with --ref-backward
         assert ('forward_backward_s' in row) == (impl != 'ref')
+
+
+@pytest.mark.parametrize('autocast', [False, True], ids=['fp32', 'bf16'])
+def test_a_vim_layer_saves_at_most_5_units(scan_bench, autocast):
+    """One Vim-Ti layer on the CPU kernel keeps at most 5 units of
+    b * E * L data elements for backward (float32, and bfloat16 autocast),
+    as the benchmark prints it; the readable path with the reference scan
+    keeps its (b, E, L, N) tensors, and the measurement sees them."""
+    from mmvim.ops.extension_loader import compiler_available
+    if not compiler_available('cpu'):
+        pytest.skip('no C++ compiler')
+    units = scan_bench.saved_units_per_layer(autocast)
+    print(f'saved per layer: {units:.2f} units',
+          'bf16 autocast' if autocast else 'fp32')
+    assert units <= 5.0, units
+    assert scan_bench.saved_units_per_layer(autocast, impl='ref') > 40

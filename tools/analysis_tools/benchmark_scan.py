@@ -27,7 +27,8 @@ that): per case, the bytes each call must move (bfloat16 and float32
 data), their floor at the H100 and H200 memory bandwidths, the threads the
 CUDA kernel launches (read from the SIMT emulator's launch records in a dry
 run, where the emulated kernel builds), the exponentials and logarithms the
-kernel computes, and their floor at Hopper's special-function throughput.
+kernel computes, and their floor at Hopper's special-function throughput;
+and the bytes one Vim-Ti layer keeps for backward (saved-tensor hooks).
 
 ``--time-budget`` skips a measurement that would not end in time (the
 forward + backward estimated at four forwards), listing it in ``skipped``
@@ -224,6 +225,46 @@ def launch_threads(dims, length, batch):
     return tuple(r['grid'][0] * r['grid'][1] * r['grid'][2] * r['block'][0] *
                  r['block'][1] * r['block'][2]
                  for r in launches if 'scan_' in r['kernel'])
+
+
+def saved_units_per_layer(autocast, length=197, impl='cpu'):
+    """Bytes one Vim-Ti layer (D = 192, E = 384) keeps for backward, per
+    batch element, in units of E x L data elements (4 bytes each in
+    float32, 2 under bfloat16 autocast), on the scan implementation
+    ``impl`` on the CPU: the distinct storages autograd saves
+    (saved-tensor hooks), parameters left out, at batch 2 minus batch 1,
+    so that weights and their autocast copies drop out."""
+    from mmvim.models.layers import VimBlock
+    torch.manual_seed(0)
+    block = VimBlock(192)
+    params = {p.untyped_storage().data_ptr() for p in block.parameters()}
+
+    def saved(batch):
+        storages = {}
+
+        def pack(t):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in params:
+                storages[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        x = torch.randn(batch, length, 192, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast('cpu', dtype=torch.bfloat16,
+                               enabled=autocast):
+            block(x)
+        return sum(storages.values())
+
+    previous = os.environ.get('MMVIM_SCAN_IMPL')
+    os.environ['MMVIM_SCAN_IMPL'] = impl
+    try:
+        per_item = saved(2) - saved(1)
+    finally:
+        if previous is None:
+            os.environ.pop('MMVIM_SCAN_IMPL')
+        else:
+            os.environ['MMVIM_SCAN_IMPL'] = previous
+    return per_item / (384 * length * (2 if autocast else 4))
 
 
 def static_rows(cases, batch=None):
@@ -431,6 +472,12 @@ def main(argv=None):
     static = static_rows(args.cases, args.batch)
     result['static'] = static
     print_static(static)
+    result['saved_units_per_vim_ti_layer'] = saved = {
+        'float32': saved_units_per_layer(False),
+        'bfloat16_autocast': saved_units_per_layer(True)}
+    print('\nsaved for backward per Vim-Ti layer, CPU kernel (units of '
+          'E x L data elements): float32 {float32:.2f}, bfloat16 autocast '
+          '{bfloat16_autocast:.2f}'.format(**saved))
     if args.static_only:
         write(result, args.out)
         print(f'\nwrote {args.out}')
