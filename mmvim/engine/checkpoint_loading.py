@@ -17,6 +17,7 @@ import importlib
 import os
 import os.path as osp
 import pickle
+import re
 
 import numpy as np
 import torch
@@ -74,23 +75,44 @@ def load_checkpoint_file(filename, map_location=None):
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint {filename} can not be found')
+
+    def corrupt(error):
+        return RuntimeError(
+            f'checkpoint {filename} is corrupt, truncated or not a PyTorch '
+            f'file ({str(error).strip().splitlines()[0]}); it was left '
+            f'untouched; {_other_checkpoints(filename)}')
+
     with torch.serialization.safe_globals(checkpoint_safe_globals()):
         try:
             return torch.load(filename, map_location=map_location,
                               weights_only=True)
         except pickle.UnpicklingError as error:
+            # only a global outside the allow-list means "unsafe"; any other
+            # unpickling failure is a file torch cannot even parse
+            found = re.search(r'Unsupported global: GLOBAL (\S+)|'
+                              r'asks for (getattr\(.*?\)), which is not '
+                              r'allowed', str(error))
+            if not found:
+                raise corrupt(_unpickler_reason(error)) from error
             raise RuntimeError(
-                f'refusing to load {filename}: it contains objects outside '
-                'the weights-only safe set (torch said: '
-                f'{str(error).splitlines()[0]}). Only load files you trust; '
-                'for such a file, re-save its state dict with '
-                'torch.save({"state_dict": torch.load(path, '
-                'weights_only=False)["state_dict"]}, new_path)') from error
+                f'refusing to load {filename}: it holds '
+                f'{found.group(1) or found.group(2)}, outside the '
+                'weights-only safe set. Only load files you trust; for such '
+                'a file, re-save its state dict with torch.save({'
+                '"state_dict": torch.load(path, weights_only=False)['
+                '"state_dict"]}, new_path)') from error
         except (EOFError, RuntimeError, ValueError) as error:
-            raise RuntimeError(
-                f'checkpoint {filename} is corrupt or truncated ({error}); '
-                f'it was left untouched; {_other_checkpoints(filename)}'
-            ) from error
+            raise corrupt(error) from error
+
+
+def _unpickler_reason(error):
+    """The unpickler's own complaint inside torch's weights-only message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    after = [line for line in lines
+             if not line.startswith(('Weights only load failed',
+                                     'Please file an issue',
+                                     'Check the documentation'))]
+    return after[0] if after else lines[0]
 
 
 def _other_checkpoints(filename):

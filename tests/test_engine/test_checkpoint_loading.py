@@ -123,7 +123,9 @@ class AttributeProbe:
 def test_arbitrary_pickles_stay_refused(tmp_path):
     path = tmp_path / 'evil.pth'
     torch.save({'state_dict': {}, 'x': Malicious()}, path)
-    with pytest.raises(RuntimeError, match='refusing to load .*evil.pth'):
+    with pytest.raises(RuntimeError, match=r'refusing to load .*evil.pth: it '
+                       r'holds .*_payload, outside the weights-only safe '
+                       r'set'):
         CheckpointLoader.load_checkpoint(str(path))
     assert not EXECUTED
     # getattr is allowed for mmengine's HistoryBuffer methods only
@@ -140,8 +142,21 @@ def test_corrupt_checkpoint_is_named_and_kept(tmp_path):
     bad = tmp_path / 'iter_4.pth'
     bad.write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])
     size = os.path.getsize(bad)
-    with pytest.raises(RuntimeError, match='iter_4.pth is corrupt or truncated'):
+    with pytest.raises(RuntimeError, match='iter_4.pth is corrupt, truncated '
+                       'or not a PyTorch file'):
         load_checkpoint_file(str(bad))
     assert os.path.getsize(bad) == size and good.exists()
     with pytest.raises(FileNotFoundError, match='missing.pth'):
         load_checkpoint_file(str(tmp_path / 'missing.pth'))
+
+
+def test_a_file_that_is_no_checkpoint_is_called_corrupt_not_unsafe(tmp_path):
+    """A file torch cannot even parse is not a safety question: no advice
+    to load it with weights_only=False."""
+    path = tmp_path / 'x.pth'
+    path.write_text('garbage\n')
+    with pytest.raises(RuntimeError) as error:
+        load_checkpoint_file(str(path))
+    message = str(error.value)
+    assert 'x.pth is corrupt, truncated or not a PyTorch file' in message
+    assert 'safe set' not in message and 'weights_only=False' not in message
