@@ -190,7 +190,7 @@ print(f"[setup_env] torch {torch.__version__} torchvision {torchvision.__version
 if os.environ['MMVIM_ENV_KIND'].startswith('cuda'):
     import mmcv._ext
     with open(mmcv._ext.__file__, 'rb') as f:
-        assert b'RoIAlignForwardCUDAKernelLauncher' in f.read(), \
+        assert b'ROIAlignForwardCUDAKernelLauncher' in f.read(), \
             'mmcv was built without its CUDA ops'
     if torch.cuda.is_available():
         # one RoIAlign on the GPU against torchvision's
