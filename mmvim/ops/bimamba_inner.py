@@ -21,7 +21,7 @@ gradients of that part with autograd.
 import torch
 import torch.nn.functional as F
 
-from .causal_conv1d import causal_conv1d_tokens
+from .causal_conv1d import causal_conv1d_silu_tokens
 from .selective_scan_kernel import compute_dtypes, kernel_module
 
 # per direction: conv weight, conv bias, x_proj weight, dt_proj weight,
@@ -30,9 +30,10 @@ PARAMS_PER_DIRECTION = 7
 
 
 def _prepare(x, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-             dt_rank, d_state, reverse):
-    """(u, x_dbl, delta) of one direction; x: (b, L, E) token-major."""
-    u = F.silu(causal_conv1d_tokens(x, conv_weight, conv_bias, reverse))
+             dt_rank, d_state, reverse, kind):
+    """(u, x_dbl, delta) of one direction; x: (b, L, E) token-major; the
+    conv + SiLU in one pass of the kernel ``kind``."""
+    u = causal_conv1d_silu_tokens(x, conv_weight, conv_bias, reverse, kind)
     x_dbl = F.linear(u, x_proj_weight)  # (b, L, R + 2N)
     delta = F.linear(x_dbl[..., :dt_rank], dt_proj_weight)  # (b, L, E)
     return u, x_dbl, delta
@@ -67,7 +68,7 @@ class BiMambaInnerFn(torch.autograd.Function):
         for k in range(2):
             p = params[PARAMS_PER_DIRECTION * k:PARAMS_PER_DIRECTION * (k + 1)]
             _, x_dbl, delta = _prepare(x, p[0], p[1], p[2], p[3], dt_rank,
-                                       d_state, reverse=k == 1)
+                                       d_state, k == 1, kind)
             directions.append(_kernel_direction(x, x_dbl, delta, p, dt_rank,
                                                 d_state, data, weight))
         scale = 0.5 if divide_out else 1.0
@@ -98,7 +99,7 @@ class BiMambaInnerFn(torch.autograd.Function):
                 p = params[PARAMS_PER_DIRECTION * k:
                            PARAMS_PER_DIRECTION * (k + 1)]
                 prepared.append(_prepare(x, p[0], p[1], p[2], p[3], dt_rank,
-                                         d_state, reverse=k == 1))
+                                         d_state, k == 1, opts['kind']))
         directions = []
         for k, (_, x_dbl, delta) in enumerate(prepared):
             p = params[PARAMS_PER_DIRECTION * k:PARAMS_PER_DIRECTION * (k + 1)]

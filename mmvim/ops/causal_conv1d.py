@@ -1,4 +1,5 @@
 """Depthwise causal / anti-causal 1-D convolution of the Mamba mixer."""
+import torch
 import torch.nn.functional as F
 
 
@@ -65,3 +66,47 @@ def causal_conv1d_tokens(x, weight, bias=None, reverse=False):
         term = xp[:, start:start + length] * weight[:, k]
         out = term if out is None else out + term
     return out if bias is None else out + bias
+
+
+class ConvSiluFn(torch.autograd.Function):
+    """``silu(causal_conv1d_tokens(x, weight, bias, reverse))`` in one pass
+    of the compiled kernel ``kind``; the backward recomputes the PyTorch
+    formulation and differentiates it (it runs only when the fused mixer's
+    backward recomputes its input side)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, reverse, kind):
+        from .selective_scan_kernel import compute_dtypes, kernel_module
+        data, weight_dtype = compute_dtypes(kind, x)
+        taps = weight.reshape(weight.shape[0], -1).to(weight_dtype)
+        u = kernel_module(kind).conv_silu(
+            x.to(data), taps.contiguous(),
+            None if bias is None else bias.to(weight_dtype).contiguous(),
+            bool(reverse)).to(x.dtype)
+        ctx.save_for_backward(x, weight, bias)
+        ctx.reverse = bool(reverse)
+        return u
+
+    @staticmethod
+    def backward(ctx, du):
+        x, weight, bias = ctx.saved_tensors
+        leaves = [t.detach().requires_grad_(True) if t is not None else None
+                  for t in (x, weight, bias)]
+        with torch.enable_grad():
+            u = F.silu(causal_conv1d_tokens(*leaves, reverse=ctx.reverse))
+        wanted = [t for t in leaves if t is not None]
+        grads = iter(torch.autograd.grad(u, wanted, du.to(u.dtype)))
+        dx, dweight, dbias = (next(grads) if t is not None else None
+                              for t in leaves)
+        return (dx.to(x.dtype), dweight.to(weight.dtype),
+                None if dbias is None else dbias.to(bias.dtype), None, None)
+
+
+def causal_conv1d_silu_tokens(x, weight, bias=None, reverse=False,
+                              kind=None):
+    """``silu(causal_conv1d_tokens(x, weight, bias, reverse))``: on the
+    compiled kernel ``kind`` ('cpu', 'cuda', 'simt') in one pass, or in
+    PyTorch when ``kind`` is None. x: (b, L, E) -> (b, L, E)."""
+    if kind is None:
+        return F.silu(causal_conv1d_tokens(x, weight, bias, reverse))
+    return ConvSiluFn.apply(x, weight, bias, reverse, kind)

@@ -248,6 +248,17 @@ def _reason(error):
     return lines[-1] if lines else type(error).__name__
 
 
+def _remove_stale_baton(build_dir):
+    """Delete torch's own build lock (``lock``) left in ``build_dir`` by
+    an interrupted build. torch waits forever while that file exists; under
+    our flock no other process can be building here, so it is stale."""
+    baton = osp.join(build_dir, 'lock')
+    if osp.exists(baton):
+        print(f'mmvim: removing the stale build lock {baton} of an '
+              'interrupted build', file=sys.stderr, flush=True)
+        os.remove(baton)
+
+
 def _build(op, source_files, kind, csrc):
     sources = [osp.join(csrc, name) for name in source_files]
     missing = [s for s in sources if not osp.isfile(s)]
@@ -276,6 +287,7 @@ def _build(op, source_files, kind, csrc):
             _environ(PATH=_with_ninja_on_path()):
         fcntl.flock(lock, fcntl.LOCK_EX)  # other ranks wait here
         try:
+            _remove_stale_baton(build_dir)
             if not osp.exists(library):
                 print(f'mmvim: building the {kind} {op} kernel in {build_dir} '
                       '(first use only, this may take a minute)',

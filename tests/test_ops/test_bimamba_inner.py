@@ -118,3 +118,42 @@ def test_kernel_reads_the_linear_outputs_in_place(scan_kind, monkeypatch):
         assert B.untyped_storage().data_ptr() == \
             C.untyped_storage().data_ptr()
         assert B.shape == (1, 9, 1, 16) and B.stride()[1] == mixer.dt_rank + 32
+
+
+@pytest.mark.parametrize('reverse', [False, True])
+@pytest.mark.parametrize('width,bias', [(1, True), (3, False), (4, True)])
+def test_fused_conv_silu_matches_the_formula(scan_kind, reverse, width, bias):
+    """The kernel's depthwise conv + SiLU (the u that feeds x_proj) on a
+    strided view of in_proj's output, against the formula in float64:
+    out[t] = silu(b + sum_k w[k] x[t - (W-1) + k]), mirrored in tokens when
+    reverse; its gradients are those of that formula."""
+    from mmvim.ops.causal_conv1d import causal_conv1d_silu_tokens
+    name, device = scan_kind
+    g = torch.Generator().manual_seed(width)
+    xz = torch.randn(2, 19, 2 * 12, generator=g).to(device)
+    x = xz[..., :12].requires_grad_()  # (b, L, E) view, row stride 2E
+    w = torch.randn(12, 1, width, generator=g).to(device).requires_grad_()
+    b = torch.randn(12, generator=g).to(device).requires_grad_() \
+        if bias else None
+    xd = x.detach().double().cpu()
+    xs = xd.flip(1) if reverse else xd
+    padded = torch.nn.functional.pad(xs, (0, 0, width - 1, 0))
+    pre = sum(w.detach().double().cpu()[:, 0, k] * padded[:, k:k + 19]
+              for k in range(width))
+    if bias:
+        pre = pre + b.detach().double().cpu()
+    want = torch.nn.functional.silu(pre)
+    want = want.flip(1) if reverse else want
+    out = causal_conv1d_silu_tokens(x, w, b, reverse, name)
+    assert out.shape == (2, 19, 12) and out.dtype == x.dtype
+    assert _rel(out, want) < 1e-6
+    ref = causal_conv1d_silu_tokens(x, w, b, reverse, None)
+    grad = torch.randn(out.shape, generator=g).to(device)
+    leaves = [t for t in (x, w, b) if t is not None]
+    for got, exp in zip(torch.autograd.grad(out, leaves, grad),
+                        torch.autograd.grad(ref, leaves, grad)):
+        assert _rel(got, exp) < 1e-6
+    if name == 'simt':  # the CUDA kernel keeps bfloat16 data in bfloat16
+        half = causal_conv1d_silu_tokens(x.detach().bfloat16(), w, b,
+                                         reverse, name)
+        assert half.dtype == torch.bfloat16 and _rel(half, want) < 1e-2

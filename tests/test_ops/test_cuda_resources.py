@@ -27,7 +27,8 @@ def test_sm90_kernels_for_n16_do_not_spill():
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
     # forward and backward for each (data, B/C) dtype pair the launchers
-    # dispatch to, and the gate-gradient kernel of each data type
+    # dispatch to, and the gate-gradient and conv + SiLU kernels of each
+    # data type
     rows = [line.split() for line in result.stdout.splitlines()
             if line.startswith('mmvim_scan::')]
     pairs = ['float, float', 'c10::Half, c10::Half', 'c10::Half, float',
@@ -36,9 +37,12 @@ def test_sm90_kernels_for_n16_do_not_spill():
         for kind in ('fwd', 'bwd'):
             assert f'mmvim_scan::scan_{kind}_kernel<{pair}>' in \
                 ' '.join(' '.join(r[:2]) for r in rows), (kind, pair)
-    assert len(rows) == 13, result.stdout
+    for data in ('float', 'c10::Half', 'c10::BFloat16'):
+        for kernel in ('gate_grad_kernel', 'conv_silu_kernel'):
+            assert any(r[0] == f'mmvim_scan::{kernel}<{data}>' for r in rows)
+    assert len(rows) == 16, result.stdout
     for row in rows:  # name (2 words for a pair), regs, stack, spills, smem
         regs, stack, stores, loads = (int(v) for v in row[-5:-1])
         assert stores == 0 and loads == 0, row
-    assert 'no spills in the 13 kernels for N <= 16' in result.stdout
+    assert 'no spills in the 16 kernels for N <= 16' in result.stdout
     assert osp.getsize(out) > 0

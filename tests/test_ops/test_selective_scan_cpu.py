@@ -249,6 +249,15 @@ def test_concurrent_first_use_builds_once(tmp_path):
     # a later process reuses the build silently
     again = _run(code, env)
     assert again.returncode == 0 and 'building' not in again.stderr
+    # a build interrupted inside torch (Ctrl-C) leaves torch's own lock
+    # file, on which torch would wait forever: the next process removes it
+    (build_dir, ) = tmp_path.iterdir()
+    (build_dir / 'lock').touch()
+    after_interrupt = _run(code, env)
+    assert after_interrupt.returncode == 0, after_interrupt.stderr
+    assert after_interrupt.stdout.strip() == '42'
+    assert 'removing the stale build lock' in after_interrupt.stderr
+    assert not (build_dir / 'lock').exists()
 
 
 def test_failed_build_falls_back_with_a_warning(tmp_path):

@@ -633,8 +633,50 @@ std::vector<at::Tensor> backward_impl(const std::vector<DirTensors>& dirs,
   return grads;
 }
 
+at::Tensor conv_silu_impl(const at::Tensor& x, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias,
+                          bool reverse) {
+  mmvim_scan::check_conv_inputs(kBackend, x, weight, bias);
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "depthwise conv + SiLU CPU kernel: x must be float32 or float64");
+  const int64_t batch = x.size(0), L = x.size(1), E = x.size(2);
+  const int64_t K = weight.size(1);
+  auto out = new_output({batch, L, E}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_silu", [&] {
+    using T = scalar_t;
+    const T* xp = x.data_ptr<T>();
+    const int64_t sb = x.stride(0), st = x.stride(1), se = x.stride(2);
+    // taps outer, channels inner: one vectorisable pass per tap and row
+    std::vector<T> taps(K * E), bias_row(E, T(0));
+    for (int64_t e = 0; e < E; ++e) {
+      for (int64_t k = 0; k < K; ++k)
+        taps[k * E + e] = weight.data_ptr<T>()[e * K + k];
+      if (bias) bias_row[e] = bias->data_ptr<T>()[e];
+    }
+    T* op = out.data_ptr<T>();
+    at::parallel_for(0, batch * L, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t b = i / L, t = i % L;
+        T* o = op + i * E;
+        std::copy(bias_row.begin(), bias_row.end(), o);
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t back = K - 1 - k;
+          const int64_t src = reverse ? t + back : t - back;
+          if (src < 0 || src >= L) continue;
+          const T* row = xp + b * sb + src * st;
+          const T* w = taps.data() + k * E;
+          for (int64_t e = 0; e < E; ++e) o[e] += w[e] * row[e * se];
+        }
+        for (int64_t e = 0; e < E; ++e) o[e] = o[e] * sigmoid(o[e]);
+      }
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  mmvim_scan::bind_scan(m, forward_impl, backward_impl, "CPU");
+  mmvim_scan::bind_scan(m, forward_impl, backward_impl, conv_silu_impl,
+                        "CPU");
 }

@@ -221,10 +221,42 @@ std::vector<at::Tensor> backward_impl(const std::vector<DirTensors>& dirs,
   return grads;
 }
 
+at::Tensor conv_silu_impl(const at::Tensor& x, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias,
+                          bool reverse) {
+  mmvim_scan::check_conv_inputs(kBackend, x, weight, bias);
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf ||
+                  dtype == at::kBFloat16,
+              "depthwise conv + SiLU ", kBackend.name, " kernel: x must be "
+              "float32, float16 or bfloat16, got ", dtype);
+  const DeviceGuard guard(x.device());
+  auto out = new_output({x.size(0), x.size(1), x.size(2)}, x.options());
+  mmvim_scan::ConvParams p{};
+  p.x = x.data_ptr();
+  p.x_stride = strides3(x);
+  p.weight = weight.data_ptr<float>();
+  p.bias = data_or_null<float>(bias);
+  p.width = static_cast<int>(weight.size(1));
+  p.reverse = reverse;
+  p.batch = x.size(0);
+  p.length = x.size(1);
+  p.dim = x.size(2);
+  p.out = out.data_ptr();
+  if (out.numel() > 0) {
+    dispatch_dtype(dtype, [&](auto tag) {
+      mmvim_scan::launch_conv_silu<decltype(tag)>(p, current_stream());
+    });
+    check_launch();
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  mmvim_scan::bind_scan(m, forward_impl, backward_impl, kBackend.name);
+  mmvim_scan::bind_scan(m, forward_impl, backward_impl, conv_silu_impl,
+                        kBackend.name);
 #if defined(MMVIM_SIMT_EMULATION)
   m.def(
       "simt_launches",

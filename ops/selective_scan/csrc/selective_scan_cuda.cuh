@@ -527,6 +527,23 @@ __global__ void __launch_bounds__(256) gate_grad_kernel(ScanParams p) {
                                            (1.f + zt * (1.f - sg)));
 }
 
+template <typename T>
+__global__ void __launch_bounds__(256) conv_silu_kernel(ConvParams p) {
+  const int64_t count = p.batch * p.length * p.dim;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  const int64_t e = i % p.dim, bt = i / p.dim;
+  const int64_t t = bt % p.length, b = bt / p.length;
+  float v = p.bias ? p.bias[e] : 0.f;
+  for (int k = 0; k < p.width; ++k) {
+    const int64_t back = p.width - 1 - k;
+    const int64_t src = p.reverse ? t + back : t - back;
+    if (src >= 0 && src < p.length)
+      v += p.weight[e * p.width + k] * load_step<T>(p.x, p.x_stride, b, src, e);
+  }
+  static_cast<T*>(p.out)[i] = from_float<T>(v * sigmoid_f(v));
+}
+
 inline dim3 scan_grid(const ScanParams& p, bool dir_per_block) {
   return dim3(static_cast<unsigned>((p.dim + kChannels - 1) / kChannels),
               static_cast<unsigned>(p.batch), dir_per_block ? p.ndirs : 1);
@@ -562,7 +579,19 @@ void launch_bwd(const ScanParams& p, cudaStream_t stream) {
   }
 }
 
+template <typename T>
+void launch_conv(const ConvParams& p, cudaStream_t stream) {
+  const int64_t count = p.batch * p.length * p.dim;
+  launch_kernel(conv_silu_kernel<T>,
+                dim3(static_cast<unsigned>((count + 255) / 256)), dim3(256), 0,
+                stream, p);
+}
+
 #define MMVIM_SCAN_INSTANTIATE(T)                                             \
+  template <>                                                                 \
+  void launch_conv_silu<T>(const ConvParams& p, cudaStream_t stream) {        \
+    launch_conv<T>(p, stream);                                                \
+  }                                                                           \
   template <>                                                                 \
   void launch_scan_fwd<T>(const ScanParams& p, bool bc_float,                 \
                           cudaStream_t stream) {                              \

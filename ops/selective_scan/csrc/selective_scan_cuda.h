@@ -83,6 +83,21 @@ struct ScanParams {
   void* dz;           // (b, L, E) data dtype, may be null (backward)
 };
 
+// silu(depthwise conv(x)): one thread per output element.
+struct ConvParams {
+  const void* x;
+  Strides3 x_stride;
+  const float* weight;  // (E, width)
+  const float* bias;    // (E,), may be null
+  int width;
+  bool reverse;
+  int64_t batch, length, dim;
+  void* out;            // (b, L, E) contiguous, x's dtype
+};
+
+template <typename T>
+void launch_conv_silu(const ConvParams& p, cudaStream_t stream);
+
 // Launchers, instantiated per (data, B/C) type pair in
 // selective_scan_cuda_*.cu; bc_float: B and C are float32.
 template <typename T>

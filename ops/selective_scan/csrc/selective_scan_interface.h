@@ -234,6 +234,43 @@ inline std::vector<int64_t> bc_grad_shape(const at::Tensor& t) {
           t.size(2), t.size(3)};
 }
 
+// The depthwise conv + SiLU feeding x_proj (the same the scan computes
+// again inside): x (b, L, E) any strides, weight (E, W), bias (E,) ->
+// silu(conv) (b, L, E) contiguous, causal in tokens, or anti-causal when
+// reverse. Checks shared by the bindings.
+inline void check_conv_inputs(const Backend& backend, const at::Tensor& x,
+                              const at::Tensor& weight,
+                              const OptTensor& bias) {
+  const std::string who = std::string("depthwise conv + SiLU ") +
+                          backend.name + " kernel: ";
+  TORCH_CHECK(x.dim() == 3, who, "x must be (batch, length, dim), got ",
+              x.sizes());
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == x.size(2) &&
+                  weight.size(1) > 0,
+              who, "weight must be (dim, width) = (", x.size(2), ", W), got ",
+              weight.sizes());
+  TORCH_CHECK(backend.max_conv_width == 0 ||
+                  weight.size(1) <= backend.max_conv_width,
+              who, "a conv of width ", weight.size(1), " is wider than the ",
+              backend.max_conv_width, " this kernel takes");
+  TORCH_CHECK(!bias || (bias->dim() == 1 && bias->size(0) == x.size(2)), who,
+              "bias must be (dim,) = (", x.size(2), ",)");
+  const auto weight_dtype =
+      backend.float32_weights ? at::kFloat : x.scalar_type();
+  for (const at::Tensor* t : {&weight, bias ? &*bias : nullptr}) {
+    if (!t) continue;
+    TORCH_CHECK(t->scalar_type() == weight_dtype && t->is_contiguous() &&
+                    t->device() == x.device(),
+                who, "weight and bias must be contiguous ", weight_dtype,
+                " on x's device");
+  }
+  TORCH_CHECK(x.device().type() == backend.device, who, "x is on ",
+              x.device());
+}
+
+using ConvImpl = at::Tensor (*)(const at::Tensor&, const at::Tensor&,
+                                const OptTensor&, bool);
+
 // (directions, z, scale, softplus, return_last_state) -> [out, states, last]
 using ForwardImpl = Tensors (*)(const std::vector<DirTensors>&,
                                 const OptTensor&, double, bool, bool);
@@ -263,8 +300,12 @@ inline std::vector<DirTensors> to_dirs(
 }
 
 inline void bind_scan(pybind11::module& m, ForwardImpl forward,
-                      BackwardImpl backward, const std::string& device) {
+                      BackwardImpl backward, ConvImpl conv,
+                      const std::string& device) {
   using Dirs = std::vector<std::vector<OptTensor>>;
+  m.def("conv_silu", conv,
+        ("silu(depthwise conv(x)), token-major, causal or (reverse) "
+         "anti-causal (" + device + ")").c_str());
   m.def("set_poison_outputs", [](bool on) { poison_outputs() = on; },
         "fill every output with NaN before the kernel writes it (tests)");
   m.def(
