@@ -9,7 +9,8 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'vim', '*.py')))
+CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'vim', '*.py')) +
+                 glob.glob(osp.join(ROOT, 'configs', 'hier_vim', '*.py')))
 
 
 def test_there_are_configs():
@@ -24,16 +25,10 @@ def test_config_builds_and_runs(path):
     __import__(f'{scope}.utils', fromlist=['register_all_modules'])\
         .register_all_modules(init_default_scope=False)
     model_cfg = cfg.model.copy()
-    # a shallow twin of the configured backbone keeps this test fast; the
-    # full depth is what the conformance tests exercise
-    arch = model_cfg.backbone.get('arch', 'tiny')
-    dims = {'tiny': 192, 'ti': 192, 'small': 384, 's': 384, 'base': 768,
-            'b': 768}[arch] if isinstance(arch, str) else arch['embed_dims']
-    out_indices = model_cfg.backbone.get('out_indices', -1)
-    num_outs = 1 if isinstance(out_indices, int) else len(out_indices)
-    model_cfg.backbone.arch = dict(embed_dims=dims, depth=max(2, num_outs))
-    if num_outs > 1:
-        model_cfg.backbone.out_indices = list(range(num_outs))
+    if model_cfg.backbone.type == 'HierVim':
+        _shallow_hier_vim(model_cfg.backbone)
+    else:
+        _shallow_vim(model_cfg.backbone)
     model_cfg.backbone.init_cfg = None
     if cfg.get('data_preprocessor') is not None:  # as Runner.build_model
         model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
@@ -58,6 +53,29 @@ def test_config_builds_and_runs(path):
             _, log_vars = model.parse_losses(losses)
             assert all(torch.isfinite(torch.as_tensor(v))
                        for v in log_vars.values()), log_vars
+
+
+def _shallow_vim(backbone):
+    """A shallow twin of the configured Vim keeps this test fast; the full
+    depth is what the conformance tests exercise."""
+    arch = backbone.get('arch', 'tiny')
+    dims = {'tiny': 192, 'ti': 192, 'small': 384, 's': 384, 'base': 768,
+            'b': 768}[arch] if isinstance(arch, str) else arch['embed_dims']
+    out_indices = backbone.get('out_indices', -1)
+    num_outs = 1 if isinstance(out_indices, int) else len(out_indices)
+    backbone.arch = dict(embed_dims=dims, depth=max(2, num_outs))
+    if num_outs > 1:
+        backbone.out_indices = list(range(num_outs))
+
+
+def _shallow_hier_vim(backbone):
+    """Hier-Vim with one block per stage at the configured widths (the
+    heads' input channels), the same stages out."""
+    from mmvim.models import HierVim
+    arch = backbone.get('arch', 'tiny')
+    dims = (HierVim.arch_zoo[arch.lower()] if isinstance(arch, str)
+            else arch)['embed_dims']
+    backbone.arch = dict(embed_dims=dims, depths=(1, 1, 1, 1))
 
 
 def _raw_batch(scope, size):

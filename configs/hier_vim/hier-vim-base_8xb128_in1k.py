@@ -1,0 +1,11 @@
+# Hier-Vim-Base on ImageNet-1k, 8 GPUs x 128 images, 300 epochs, Swin's
+# recipe (paper, appendix C: 83.9 top-1, Swin-B 83.5).
+_base_ = [
+    '../_base_/models/hier-vim_in1k.py',
+    '../_base_/datasets/imagenet_bs128_randaug_224.py',
+    '../_base_/schedules/imagenet_bs1024_adamw_300e_swin.py',
+    '../_base_/default_runtime_mmpretrain.py',
+]
+# Swin's drop path for this size
+model = dict(backbone=dict(arch='base', drop_path_rate=0.5),
+             head=dict(in_channels=1024))
