@@ -43,19 +43,30 @@ def test_lr_per_layer():
     assert lr(bb.layers[0].mixer.in_proj.weight) < lr(bb.layers[23].mixer.in_proj.weight)
 
 
-def test_no_weight_decay_set():
+@pytest.mark.parametrize('rule', [None, 'reference', 'mamba'])
+def test_no_weight_decay_set(rule):
+    """The reference run's rule (timm: 1-D, biases, pos_embed, cls_token;
+    the default) decays A_log / A_b_log; Mamba's rule exempts them too."""
     model = Classifier()
-    groups = _groups_by_param(model, dict(layer_decay_rate=RATE))
+    cfg = dict(layer_decay_rate=RATE)
+    if rule:
+        cfg['no_decay_rule'] = rule
+    groups = _groups_by_param(model, cfg)
     bb, mixer = model.backbone, model.backbone.layers[5].mixer
-    no_decay = [bb.pos_embed, bb.cls_token, mixer.A_log, mixer.A_b_log,
-                mixer.D, mixer.D_b, bb.layers[5].norm.weight, bb.norm_f.weight,
+    no_decay = [bb.pos_embed, bb.cls_token, mixer.D, mixer.D_b,
+                bb.layers[5].norm.weight, bb.norm_f.weight,
                 mixer.conv1d.bias, mixer.dt_proj_b.bias, model.head.bias,
                 bb.patch_embed.proj.bias]
     decay = [mixer.in_proj.weight, mixer.x_proj_b.weight, mixer.conv1d.weight,
              bb.patch_embed.proj.weight, model.head.weight]
+    a_logs = [mixer.A_log, mixer.A_b_log]
+    (no_decay if rule == 'mamba' else decay).extend(a_logs)
     assert all(groups[id(p)]['weight_decay'] == 0 for p in no_decay)
     assert all(groups[id(p)]['weight_decay'] == 0.05 for p in decay)
     assert len(groups) == sum(1 for _ in model.parameters())
+    with pytest.raises(ValueError, match="no_decay_rule 'timm'"):
+        _groups_by_param(model, dict(layer_decay_rate=RATE,
+                                     no_decay_rule='timm'))
 
 
 def test_frozen_parameters_are_left_out_and_bare_backbone():

@@ -1,5 +1,7 @@
 # DeiT schedule (vim_spec.md §3): AdamW lr 1e-3 for a total batch of 1024,
-# wd 0.05 except pos_embed / cls_token / A_log / D / norms / biases,
+# wd 0.05 except pos_embed / cls_token / D / norms / biases (the reference
+# run's timm rule: A_log / A_b_log are decayed; paramwise_cfg
+# no_decay_rule='mamba' gives Mamba's rule, A_log exempt),
 # 5 linear warm-up epochs, cosine to 1e-5 over 300 epochs, EMA of the weights.
 optim_wrapper = dict(
     # rate 1.0: no layer-wise decay when training from scratch; the

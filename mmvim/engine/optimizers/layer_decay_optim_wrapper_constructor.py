@@ -5,9 +5,20 @@ from mmengine.optim import DefaultOptimWrapperConstructor
 
 from mmvim.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
-# Parameters that are never weight-decayed, besides every 1-D parameter
-# (biases, norm weights).
-NO_WEIGHT_DECAY = ('pos_embed', 'cls_token', 'A_log', 'A_b_log', 'D', 'D_b')
+# Which parameters are not weight-decayed, besides every 1-D parameter and
+# every bias:
+# - 'reference': the rule of the run that trained the released weights
+#   (timm's create_optimizer with VisionMamba.no_weight_decay(), hustvl/Vim
+#   vim/main.py and vim/models_mamba.py): the position embedding and the
+#   class tokens; A_log / A_b_log (E x N) ARE decayed, D / D_b (1-D) are not.
+# - 'mamba': Mamba's intended rule (mamba_simple.py marks A_log and D
+#   ``_no_weight_decay``): the above plus A_log, A_b_log, D, D_b.
+NO_WEIGHT_DECAY = {
+    'reference': ('pos_embed', 'cls_token', 'cls_token_head',
+                  'cls_token_tail', 'dist_token'),
+}
+NO_WEIGHT_DECAY['mamba'] = NO_WEIGHT_DECAY['reference'] + (
+    'A_log', 'A_b_log', 'D', 'D_b')
 
 
 def get_vim_layer_id(name, num_layers, prefix='backbone.'):
@@ -27,9 +38,14 @@ def get_vim_layer_id(name, num_layers, prefix='backbone.'):
     return num_layers + 1
 
 
-def is_no_weight_decay(name, param):
-    """True for biases, norms (1-D), position/class tokens, A_log and D."""
-    return param.ndim <= 1 or name.rsplit('.', 1)[-1] in NO_WEIGHT_DECAY
+def is_no_weight_decay(name, param, rule='reference'):
+    """True for 1-D parameters (norms, D), biases and the names of ``rule``
+    in :data:`NO_WEIGHT_DECAY` ('reference' or 'mamba')."""
+    if rule not in NO_WEIGHT_DECAY:
+        raise ValueError(f'unknown no_decay_rule {rule!r}, choose from '
+                         f'{sorted(NO_WEIGHT_DECAY)}')
+    last = name.rsplit('.', 1)[-1]
+    return param.ndim <= 1 or last == 'bias' or last in NO_WEIGHT_DECAY[rule]
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -44,6 +60,9 @@ class VimLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     ``paramwise_cfg``:
         layer_decay_rate (float): the decay rate (required).
         num_layers (int, optional): defaults to the backbone's depth.
+        no_decay_rule (str): 'reference' (default: the rule that trained
+            the released weights; A_log decayed) or 'mamba' (no decay on
+            A_log, A_b_log, D, D_b either).
 
     Example::
 
@@ -59,10 +78,16 @@ class VimLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 'VimLayerDecayOptimWrapperConstructor needs '
                 'paramwise_cfg=dict(layer_decay_rate=...), e.g. 0.92 for '
                 'Vim-Ti or 0.95 for Vim-S')
-        unknown = set(paramwise_cfg) - {'layer_decay_rate', 'num_layers'}
+        unknown = set(paramwise_cfg) - {'layer_decay_rate', 'num_layers',
+                                        'no_decay_rule'}
         if unknown:
             raise ValueError(f'unknown paramwise_cfg keys {sorted(unknown)}; '
-                             'allowed: layer_decay_rate, num_layers')
+                             'allowed: layer_decay_rate, num_layers, '
+                             'no_decay_rule')
+        rule = paramwise_cfg.get('no_decay_rule', 'reference')
+        if rule not in NO_WEIGHT_DECAY:
+            raise ValueError(f'unknown no_decay_rule {rule!r}, choose from '
+                             f'{sorted(NO_WEIGHT_DECAY)}')
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
 
     def add_params(self, params, module, prefix='', **kwargs):
@@ -82,7 +107,9 @@ class VimLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             if not param.requires_grad:
                 continue
             layer_id = get_vim_layer_id(name, num_layers, name_prefix)
-            no_decay = is_no_weight_decay(name, param)
+            no_decay = is_no_weight_decay(
+                name, param,
+                self.paramwise_cfg.get('no_decay_rule', 'reference'))
             key = (layer_id, no_decay)
             if key not in groups:
                 scale = rate**(num_layers + 1 - layer_id)
