@@ -21,7 +21,8 @@ model = dict(
         num_classes=6,
         in_channels=192,
         loss=dict(type='CrossEntropyLoss', loss_weight=1.0),
-    ),
+        # the reference's head init: trunc-normal 0.02, zero bias
+        init_cfg=dict(type='TruncNormal', layer='Linear', std=0.02)),
 )
 
 # AdamW; rate 1.0 = no layer decay, but the Vim no-weight-decay set applies

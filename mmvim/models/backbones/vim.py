@@ -8,10 +8,22 @@ from mmengine.model import BaseModule
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from mmvim.registry import MODELS
-from ..layers import (VimBlock, VimPatchEmbed, RMSNorm, infer_square_grid,
-                      insert_middle_cls, resize_pos_embed, split_middle_cls)
+from ..layers import (CLS_TOKEN_POSITIONS, RMSNorm, VimBlock, VimPatchEmbed,
+                      apply_reference_rope, cls_token_indices,
+                      infer_square_grid, insert_cls_tokens, resize_pos_embed,
+                      rope_tables, split_cls_tokens)
 from .vim_checkpoint import (checkpoint_state_dict, describe_vim_weights,
                              vim_backbone_weights)
+
+
+def lecun_normal_(weight):
+    """LeCun normal: a normal of std sqrt(1 / fan_in) truncated at two
+    standard deviations and rescaled so that the truncated draw keeps that
+    std (0.8796... is the std of a unit normal truncated to [-2, 2]), as
+    the reference's ``timm.models.layers.lecun_normal_``."""
+    fan_in = weight[0].numel()
+    std = math.sqrt(1.0 / fan_in) / .87962566103423978
+    return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
 
 
 def _to_2tuple(x):
@@ -44,8 +56,11 @@ class Vim(BaseModule):
         in_channels (int): image channels.
         out_indices (int | Sequence[int]): layers whose output is returned;
             negative indices count from the end.
-        out_type (str): 'cls_token' (B, D), 'featmap' (B, D, Hp, Wp) with the
-            class token removed, or 'raw' (B, J + 1, D).
+        out_type (str): 'cls_token' (B, D) (the mean of the two for
+            'double'), 'featmap' (B, D, Hp, Wp) with the class tokens
+            removed, 'avg_featmap' (B, D) the mean of the patch tokens
+            (paper Table 5 "mean pool"), or 'raw' (B, M, D) every token
+            (with ``VimMaxPoolClsHead``: Table 5 "max pool").
         final_norm (bool): apply ``norm_f`` to the last layer's output.
         drop_rate (float): dropout after the position embedding.
         drop_path_rate (float): stochastic depth, linear over the layers.
@@ -54,6 +69,26 @@ class Vim(BaseModule):
         norm_eps (float): RMSNorm epsilon.
         interpolate_mode (str): mode used to resize the position embedding.
         mixer_cfg (dict): extra arguments of :class:`BiMambaMixer`.
+        cls_token_position (str | None): where the class token goes (paper
+            Table 5): 'middle' (J // 2, the released models), 'head' (index
+            0), 'double' (``cls_token_head`` at 0 and ``cls_token_tail`` at
+            J + 1, read as their mean), or None (no class token).
+        with_pos_embed (bool): the absolute position embedding (the
+            reference's ``if_abs_pos_embed``).
+        bidirectional (str): the bidirectional strategy (paper Table 4):
+            'ssm_conv' (the released models: a backward SSM and conv of its
+            own in every mixer), 'ssm' (a backward SSM sharing the forward
+            conv and projections), 'layers' (unidirectional layers in pairs:
+            ``s + f(s) + flip(b(flip(s)))`` summing outputs and residuals as
+            the reference's ``if_bidirectional``) or 'none' (Mamba).
+        sequence_flip_prob (float): in training, flip the whole token
+            sequence with this probability (Table 4 "bidirectional
+            sequence"; the reference's ``flip_img_sequences_ratio``); outputs
+            are flipped back.
+        rope (bool): the reference's rotary embedding (``if_rope``) before
+            every layer, see :mod:`mmvim.models.layers.rope`.
+        rope_residual (bool): rotate the residual stream too
+            (``if_rope_residual``).
         init_cfg (dict): ``dict(type='Pretrained', checkpoint=PATH)`` loads a
             released Vim file or an OpenMMLab checkpoint with a Vim backbone:
             keys mapped, classifier dropped, position embedding resized.
@@ -63,7 +98,8 @@ class Vim(BaseModule):
         **dict.fromkeys(['s', 'small'], {'embed_dims': 384, 'depth': 24}),
         **dict.fromkeys(['b', 'base'], {'embed_dims': 768, 'depth': 24}),
     }
-    OUT_TYPES = ('cls_token', 'featmap', 'raw')
+    OUT_TYPES = ('cls_token', 'featmap', 'avg_featmap', 'raw')
+    BIDIRECTIONAL = ('ssm_conv', 'ssm', 'layers', 'none')
 
     def __init__(self,
                  arch='tiny',
@@ -80,6 +116,12 @@ class Vim(BaseModule):
                  norm_eps=1e-5,
                  interpolate_mode='bicubic',
                  mixer_cfg=None,
+                 cls_token_position='middle',
+                 with_pos_embed=True,
+                 bidirectional='ssm_conv',
+                 sequence_flip_prob=0.,
+                 rope=False,
+                 rope_residual=False,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         arch = self._parse_arch(arch)
@@ -93,8 +135,37 @@ class Vim(BaseModule):
         if out_type not in self.OUT_TYPES:
             raise ValueError(f"unknown out_type '{out_type}', choose from "
                              f"{', '.join(self.OUT_TYPES)}")
-        self.out_type = out_type
+        if cls_token_position not in CLS_TOKEN_POSITIONS:
+            raise ValueError(
+                f'unknown cls_token_position {cls_token_position!r}, choose '
+                f'from {CLS_TOKEN_POSITIONS}')
+        if out_type == 'cls_token' and cls_token_position is None:
+            raise ValueError("out_type='cls_token' needs a class token: set "
+                             "cls_token_position or use out_type="
+                             "'avg_featmap' (mean pool) or 'raw' (max pool)")
+        if bidirectional not in self.BIDIRECTIONAL:
+            raise ValueError(f'unknown bidirectional={bidirectional!r}, '
+                             f'choose from {self.BIDIRECTIONAL}')
+        if bidirectional == 'layers' and self.depth % 2:
+            raise ValueError("bidirectional='layers' pairs the layers: "
+                             f'depth must be even, got {self.depth}')
+        if rope and bidirectional == 'layers':
+            raise ValueError("rope with bidirectional='layers' is not "
+                             'supported; use one of them')
+        if not 0 <= sequence_flip_prob <= 1:
+            raise ValueError('sequence_flip_prob must be in [0, 1], got '
+                             f'{sequence_flip_prob}')
+        self.cls_token_position = cls_token_position
+        self.bidirectional = bidirectional
+        self.sequence_flip_prob = sequence_flip_prob
+        self.rope = rope
+        self.rope_residual = rope_residual
         self.out_indices = self._parse_out_indices(out_indices)
+        if 'bidirectional' in mixer_cfg:
+            raise ValueError('set bidirectional on Vim, not in mixer_cfg')
+        mixer_cfg['bidirectional'] = {'layers': 'none'}.get(bidirectional,
+                                                            bidirectional)
+        self.out_type = out_type
         self.final_norm = final_norm
         self.frozen_stages = frozen_stages
         self.interpolate_mode = interpolate_mode
@@ -104,13 +175,22 @@ class Vim(BaseModule):
         self.img_size = _to_2tuple(img_size)
         self.grid_size = self.patch_embed.grid_size(self.img_size)
         num_patches = self.grid_size[0] * self.grid_size[1]
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims))
-        self.pos_embed = nn.Parameter(
-            torch.zeros(1, num_patches + 1, self.embed_dims))
+        self.num_cls_tokens = len(cls_token_indices(0, cls_token_position))
+        # the reference's parameter names for each class-token layout
+        self.cls_token_names = {
+            'double': ('cls_token_head', 'cls_token_tail'),
+            None: ()}.get(cls_token_position, ('cls_token', ))
+        for name in self.cls_token_names:
+            self.register_parameter(
+                name, nn.Parameter(torch.zeros(1, 1, self.embed_dims)))
+        self.pos_embed = nn.Parameter(torch.zeros(
+            1, num_patches + self.num_cls_tokens,
+            self.embed_dims)) if with_pos_embed else None
         self.pos_drop = nn.Dropout(p=drop_rate)
         self._register_load_state_dict_pre_hook(self._resize_loaded_pos_embed)
 
-        dpr = torch.linspace(0, drop_path_rate, self.depth).tolist()
+        dpr = torch.linspace(0, drop_path_rate, self.depth,
+                             device='cpu').tolist()
         self.layers = nn.ModuleList([
             VimBlock(self.embed_dims, dpr[i], norm_eps, mixer_cfg)
             for i in range(self.depth)
@@ -150,28 +230,48 @@ class Vim(BaseModule):
                                  f'{self.depth}-layer Vim (use 0..'
                                  f'{self.depth - 1} or negative indices)')
             parsed.append(index % self.depth)
+        if self.bidirectional == 'layers' and any(i % 2 == 0 for i in parsed):
+            raise ValueError(
+                "with bidirectional='layers' the layers work in pairs and "
+                'only the second of each pair (odd indices) has an output; '
+                f'got out_indices {parsed}')
         return tuple(parsed)
 
     @torch.no_grad()
     def _init_reference_weights(self):
-        """Initialisation of the reference model (see docs/vim_spec.md)."""
-        nn.init.trunc_normal_(self.pos_embed, std=.02)
-        nn.init.trunc_normal_(self.cls_token, std=.02)
+        """Initialisation of the reference model (docs/vim_spec.md, section
+        1): pos_embed and the class tokens trunc-normal 0.02; the patch
+        conv LeCun normal with a zero bias; every Linear bias zero except
+        dt_proj's; the mixers keep their own (Mamba's) rules, with each
+        out_proj.weight redrawn kaiming-uniform (a = sqrt(5)) and divided by
+        sqrt(depth). Everything else keeps PyTorch's default."""
+        for param in self._token_params():
+            nn.init.trunc_normal_(param, std=.02)
+        lecun_normal_(self.patch_embed.proj.weight)
+        if self.patch_embed.proj.bias is not None:
+            nn.init.zeros_(self.patch_embed.proj.bias)
         for name, module in self.named_modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=.02)
-                if module.bias is not None and 'dt_proj' not in name:
-                    nn.init.zeros_(module.bias)
+            if isinstance(module, nn.Linear) and module.bias is not None \
+                    and name.rsplit('.', 1)[-1] not in ('dt_proj',
+                                                        'dt_proj_b'):
+                nn.init.zeros_(module.bias)
         for layer in self.layers:
-            layer.mixer.out_proj.weight.div_(math.sqrt(self.depth))
+            out_proj = layer.mixer.out_proj.weight
+            nn.init.kaiming_uniform_(out_proj, a=math.sqrt(5))
+            out_proj.div_(math.sqrt(self.depth))
+
+    def _token_params(self):
+        """The position embedding (if any) and the class tokens."""
+        names = ('pos_embed', ) + self.cls_token_names
+        return [getattr(self, n) for n in names if getattr(self, n) is not None]
 
     def _freeze_stages(self):
         frozen = [self.patch_embed, self.pos_drop]
         frozen += list(self.layers[:self.frozen_stages])
         if self.frozen_stages >= self.depth and self.final_norm:
             frozen.append(self.norm_f)
-        self.pos_embed.requires_grad = False
-        self.cls_token.requires_grad = False
+        for param in self._token_params():
+            param.requires_grad = False
         for module in frozen:
             module.eval()
             for param in module.parameters():
@@ -200,23 +300,28 @@ class Vim(BaseModule):
         Returns (pos_embed, the source grid, or None when nothing was
         resized: same grid, or a width mismatch load_state_dict reports).
         """
-        if loaded.shape == self.pos_embed.shape or loaded.dim() != 3 \
-                or loaded.shape[-1] != self.embed_dims:
+        if self.pos_embed is None or loaded.shape == self.pos_embed.shape \
+                or loaded.dim() != 3 or loaded.shape[-1] != self.embed_dims:
             return loaded, None
-        src_grid = infer_square_grid(loaded.shape[1] - 1, name)
+        src_grid = infer_square_grid(loaded.shape[1] - self.num_cls_tokens,
+                                     name)
         return resize_pos_embed(loaded, src_grid, self.grid_size,
-                                self.interpolate_mode), src_grid
+                                self.interpolate_mode,
+                                self.cls_token_position), src_grid
 
-    @staticmethod
-    def _grid_text(grid):
-        return (f'{grid[0]}x{grid[1]} grid with the class token at index '
-                f'{grid[0] * grid[1] // 2}')
+    def _grid_text(self, grid):
+        indices = cls_token_indices(grid[0] * grid[1],
+                                    self.cls_token_position)
+        where = (f" with the class token{'s' * (len(indices) > 1)} at index "
+                 + ' and '.join(map(str, indices))) if indices else ''
+        return f'{grid[0]}x{grid[1]} grid{where}'
 
     def _pos_embed_for(self, grid):
         if tuple(grid) == self.grid_size:
             return self.pos_embed
         return resize_pos_embed(self.pos_embed, self.grid_size, grid,
-                                self.interpolate_mode)
+                                self.interpolate_mode,
+                                self.cls_token_position)
 
     # -------------------------------------------------------------- weights
     def init_weights(self):
@@ -237,8 +342,10 @@ class Vim(BaseModule):
         self._check_weights_fit(weights, checkpoint_path)
 
         # resized here so that the one log line below says so
-        weights['pos_embed'], src_grid = self._fit_pos_embed(
-            weights['pos_embed'])
+        src_grid = None
+        if 'pos_embed' in weights:
+            weights['pos_embed'], src_grid = self._fit_pos_embed(
+                weights['pos_embed'])
         resized = (f'; pos_embed resized from {self._grid_text(src_grid)} to '
                    f'{self._grid_text(self.grid_size)}') if src_grid else ''
         self.load_state_dict(weights, strict=True)
@@ -258,7 +365,8 @@ class Vim(BaseModule):
             and weights[k].shape != own[k].shape
         ]
         pos = weights.get('pos_embed')
-        if pos is not None and pos.shape[-1] != self.embed_dims:
+        if pos is not None and 'pos_embed' in own and \
+                pos.shape[-1] != self.embed_dims:
             mismatched.append(f'pos_embed {tuple(pos.shape)} vs '
                               f'{tuple(own["pos_embed"].shape)}')
         if not (missing or unexpected or mismatched):
@@ -288,26 +396,69 @@ class Vim(BaseModule):
     def forward(self, x):
         """x: (B, C, H, W) -> tuple with one output per out index."""
         tokens, grid = self.patch_embed(x)
-        cls_token = self.cls_token.expand(tokens.shape[0], -1, -1)
-        stream = insert_middle_cls(tokens, cls_token)
-        stream = self.pos_drop(stream + self._pos_embed_for(grid))
+        cls_tokens = [getattr(self, n).expand(tokens.shape[0], -1, -1)
+                      for n in self.cls_token_names]
+        stream = insert_cls_tokens(tokens, cls_tokens, self.cls_token_position)
+        if self.pos_embed is not None:
+            stream = stream + self._pos_embed_for(grid)
+        stream = self.pos_drop(stream)
         stream = stream.float()  # the residual stream is kept in float32
 
+        flipped = (self.training and self.sequence_flip_prob > 0
+                   and torch.rand(()).item() < self.sequence_flip_prob)
+        if flipped:  # Table 4 "bidirectional sequence"
+            stream = stream.flip(1)
         outs = []
-        for i, layer in enumerate(self.layers):
-            stream = layer(stream)
-            if i in self.out_indices:
-                out = stream
-                if i == self.depth - 1 and self.final_norm:
-                    out = self.norm_f(stream)
-                outs.append(self._format_output(out, grid))
+
+        def emit(i, out):
+            if i == self.depth - 1 and self.final_norm:
+                out = self.norm_f(out)
+            outs.append(self._format_output(out.flip(1) if flipped else out,
+                                            grid))
+
+        if self.bidirectional == 'layers':
+            for i in range(1, self.depth, 2):
+                forward, backward = self.layers[i - 1], self.layers[i]
+                stream = forward(stream) + backward(stream.flip(1)).flip(1)
+                if i in self.out_indices:
+                    emit(i, stream)
+        elif self.rope:
+            rope = self._rope(grid, stream, flipped)
+            stream = rope(stream)
+            for i, layer in enumerate(self.layers):
+                branch = layer.residual_branch(stream)
+                if i in self.out_indices:
+                    emit(i, stream + branch)
+                # the reference rotates each layer's output (and with
+                # rope_residual the residual) before the next layer adds it
+                residual = rope(stream) if self.rope_residual else stream
+                stream = residual + rope(branch)
+        else:
+            for i, layer in enumerate(self.layers):
+                stream = layer(stream)
+                if i in self.out_indices:
+                    emit(i, stream)
         return tuple(outs)
+
+    def _rope(self, grid, stream, flipped):
+        """The reference's rotary embedding for this grid, in the original
+        token order also when the sequence runs flipped."""
+        cos, sin = rope_tables(grid, self.embed_dims, device=stream.device)
+
+        def rope(s):
+            if flipped:
+                return apply_reference_rope(s.flip(1), cos, sin).flip(1)
+            return apply_reference_rope(s, cos, sin)
+
+        return rope
 
     def _format_output(self, x, grid):
         if self.out_type == 'raw':
             return x
+        patches, cls_rows = split_cls_tokens(x, self.cls_token_position)
         if self.out_type == 'cls_token':
-            return x[:, (x.shape[1] - 1) // 2]  # J // 2
-        patches, _ = split_middle_cls(x)
+            return torch.stack(cls_rows).mean(0)[:, 0]
+        if self.out_type == 'avg_featmap':
+            return patches.mean(dim=1)
         return patches.reshape(x.shape[0], grid[0], grid[1],
                                -1).permute(0, 3, 1, 2).contiguous()

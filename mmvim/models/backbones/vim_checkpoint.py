@@ -11,6 +11,9 @@ prefix the backbone with ``backbone.``. No model is needed here.
 import re
 
 _VIM_MARKER = re.compile(r'^layers\.\d+\.mixer\.')
+# buffers of the reference's rotary embedding (``if_rope``): mmvim computes
+# them from the grid, so they are dropped on load
+_DERIVED = ('rope.', )
 
 
 def checkpoint_state_dict(checkpoint, use_ema=False):
@@ -62,6 +65,8 @@ def convert_official_to_mmpretrain(state_dict):
                          f'(first keys: {list(state_dict)[:5]})')
     converted = {}
     for key, value in state_dict.items():
+        if key.startswith(_DERIVED):
+            continue
         if key.startswith('head.'):
             converted['head.fc.' + key[len('head.'):]] = value
         else:
@@ -78,17 +83,21 @@ def vim_backbone_weights(state_dict):
     """
     if is_official_vim(state_dict):
         weights = {k: v for k, v in state_dict.items()
-                   if not k.startswith('head.')}
-        return weights, sorted(k for k in state_dict if k.startswith('head.')
+                   if not k.startswith(('head.', ) + _DERIVED)}
+        return weights, sorted(k for k in state_dict if k not in weights
                                ), 'released Vim'
     weights = _strip_backbone(state_dict)
+    derived = [k for k in weights if k.startswith(_DERIVED)]
+    for key in derived:
+        del weights[key]
     if not any(_VIM_MARKER.match(k) for k in weights):
         raise ValueError(
             "not a Vim checkpoint: no 'layers.N.mixer.*' or "
             "'backbone.layers.N.mixer.*' keys (first keys: "
             f'{list(state_dict)[:5]}); pass a released Vim file or a '
             'checkpoint trained with mmvim')
-    dropped = sorted(k for k in state_dict if not k.startswith('backbone.'))
+    dropped = sorted([k for k in state_dict if not k.startswith('backbone.')]
+                     + ['backbone.' + k for k in derived])
     return weights, dropped, 'OpenMMLab'
 
 

@@ -4,8 +4,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmvim.ops import (bi_selective_scan_ref, bimamba_inner, causal_conv1d,
-                       select_scan_impl)
+from mmvim.ops import (bi_selective_scan, bi_selective_scan_ref,
+                       bimamba_inner, causal_conv1d, select_scan_impl,
+                       selective_scan)
+
+# the mixer's ``bidirectional`` options: the released Vim ('ssm_conv', the
+# reference's bimamba v2), the backward SSM sharing the forward conv and
+# projections ('ssm', bimamba v1), and the unidirectional Mamba ('none')
+MIXER_DIRECTIONS = ('ssm_conv', 'ssm', 'none')
 
 
 class BiMambaMixer(nn.Module):
@@ -28,7 +34,16 @@ class BiMambaMixer(nn.Module):
         dt_min, dt_max, dt_init_floor (float): range of the initial delta.
         conv_bias (bool): bias in the depthwise convs.
         bias (bool): bias in in_proj / out_proj.
-        divide_out (bool): halve the sum of the two directions.
+        divide_out (bool): halve the sum of the two directions (only for
+            'ssm_conv', as the reference's ``if_divide_out``).
+        bidirectional (str): 'ssm_conv' (the above, the released models;
+            paper Table 4 "Bidirectional SSM + Conv1d"); 'ssm' (Table 4
+            "Bidirectional SSM", the reference's bimamba v1: one causal conv,
+            x_proj, dt_proj and D shared, only ``A_b_log`` of its own; the
+            backward scan runs right to left over the same inputs and
+            ``out = out_proj((y_fwd + y_bwd) * silu(z))``, never halved);
+            'none' (Mamba's unidirectional mixer, Table 4 "None":
+            ``out_proj(y_fwd * silu(z))``, no ``*_b`` parameters).
     """
 
     def __init__(self,
@@ -42,8 +57,13 @@ class BiMambaMixer(nn.Module):
                  dt_init_floor=1e-4,
                  conv_bias=True,
                  bias=False,
-                 divide_out=True):
+                 divide_out=True,
+                 bidirectional='ssm_conv'):
         super().__init__()
+        if bidirectional not in MIXER_DIRECTIONS:
+            raise ValueError(f'unknown bidirectional={bidirectional!r} for '
+                             f'the mixer, choose from {MIXER_DIRECTIONS}')
+        self.bidirectional = bidirectional
         self.embed_dims = embed_dims
         self.d_state = d_state
         self.d_inner = expand * embed_dims
@@ -54,29 +74,39 @@ class BiMambaMixer(nn.Module):
 
         self.in_proj = nn.Linear(embed_dims, 2 * inner, bias=bias)
         self.out_proj = nn.Linear(inner, embed_dims, bias=bias)
-        for suffix in ('', '_b'):
+        # A = -exp(A_log) = -(1, 2, ..., N) per channel (S4D-real init)
+        A_log = torch.log(torch.arange(1, d_state + 1,
+                                       dtype=torch.float32)).repeat(inner, 1)
+        suffixes = ('', '_b') if bidirectional == 'ssm_conv' else ('', )
+        for suffix in suffixes:
             conv = nn.Conv1d(inner, inner, d_conv, groups=inner,
                              padding=d_conv - 1, bias=conv_bias)
             x_proj = nn.Linear(inner, self.dt_rank + 2 * d_state, bias=False)
             dt_proj = nn.Linear(self.dt_rank, inner, bias=True)
-            # A = -exp(A_log) = -(1, 2, ..., N) per channel (S4D-real init)
-            A_log = torch.log(
-                torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(
-                    inner, 1)
             setattr(self, 'conv1d' + suffix, conv)
             setattr(self, 'x_proj' + suffix, x_proj)
             setattr(self, 'dt_proj' + suffix, dt_proj)
-            self.register_parameter('A' + suffix + '_log', nn.Parameter(A_log))
+            self.register_parameter('A' + suffix + '_log',
+                                    nn.Parameter(A_log.clone()))
             self.register_parameter('D' + suffix,
                                     nn.Parameter(torch.ones(inner)))
+        if bidirectional == 'ssm':
+            self.A_b_log = nn.Parameter(A_log.clone())
         self._dt_range = (dt_min, dt_max, dt_init_floor)
-        self.reset_dt_bias()
+        self.reset_dt_parameters()
+
+    def _dt_projs(self):
+        return [self.dt_proj] + ([self.dt_proj_b] if hasattr(
+            self, 'dt_proj_b') else [])
 
     @torch.no_grad()
-    def reset_dt_bias(self):
-        """dt_proj bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max]."""
+    def reset_dt_parameters(self):
+        """Mamba's dt_proj init: weight uniform in +-dt_rank^-0.5, bias =
+        softplus^-1(dt) with dt log-uniform in [dt_min, dt_max] (floored)."""
         dt_min, dt_max, floor = self._dt_range
-        for dt_proj in (self.dt_proj, self.dt_proj_b):
+        for dt_proj in self._dt_projs():
+            bound = self.dt_rank**-0.5
+            nn.init.uniform_(dt_proj.weight, -bound, bound)
             dt = torch.exp(
                 torch.rand(self.d_inner) *
                 (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
@@ -96,6 +126,8 @@ class BiMambaMixer(nn.Module):
     def forward(self, hidden):
         """hidden: (b, L, D) -> (b, L, D)."""
         xz = self.in_proj(hidden)  # (b, L, 2E), token-major throughout
+        if self.bidirectional != 'ssm_conv':
+            return self.out_proj(self._forward_shared_conv(xz))
         impl = select_scan_impl(xz.device)
         if impl == 'ref':
             y = self.forward_reference(xz)
@@ -114,6 +146,24 @@ class BiMambaMixer(nn.Module):
         delta = F.linear(dt, dt_proj.weight).transpose(1, 2)
         return (delta, B.transpose(1, 2).contiguous(),
                 C.transpose(1, 2).contiguous())
+
+    def _forward_shared_conv(self, xz):
+        """'ssm' and 'none': one causal conv and one set of projections;
+        xz (b, L, 2E) -> the gated (b, L, E) that out_proj takes."""
+        x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (b, E, L) each
+        u = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, 'silu')
+        delta, B, C = self._ssm_inputs(u, self.x_proj, self.dt_proj)
+        A, D = -torch.exp(self.A_log.float()), self.D.float()
+        bias = self.dt_proj.bias.float()
+        if self.bidirectional == 'none':
+            y = selective_scan(u, delta, A, B, C, D, z=z, delta_bias=bias,
+                               delta_softplus=True)
+        else:  # the backward scan reads the same inputs right to left
+            y = bi_selective_scan(u, delta, A, B, C, D, u, delta,
+                                  -torch.exp(self.A_b_log.float()), B, C, D,
+                                  z=z, delta_bias=bias, delta_bias_b=bias,
+                                  delta_softplus=True, divide_out=False)
+        return y.transpose(1, 2)
 
     def forward_reference(self, xz):
         """The readable path, pure PyTorch: xz (b, L, 2E) -> the gated

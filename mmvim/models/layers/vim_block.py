@@ -27,7 +27,12 @@ class VimBlock(nn.Module):
         self.mixer = BiMambaMixer(embed_dims, **(mixer_cfg or {}))
         self.drop_path = DropPath(drop_path)
 
+    def residual_branch(self, stream):
+        """What the layer adds to the stream: drop_path(mixer(norm(stream)))
+        in float32."""
+        hidden = self.mixer(self.norm(stream.to(self.norm.weight.dtype)))
+        return self.drop_path(hidden).float()
+
     def forward(self, stream):
         """stream: (b, L, D) float32 -> (b, L, D) float32."""
-        hidden = self.mixer(self.norm(stream.to(self.norm.weight.dtype)))
-        return stream + self.drop_path(hidden).float()
+        return stream + self.residual_branch(stream)
