@@ -10,6 +10,8 @@ from mmengine.registry import DefaultScope
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'vim', '*.py')) +
+                 glob.glob(osp.join(ROOT, 'configs', 'vim', 'ablations',
+                                    '*.py')) +
                  glob.glob(osp.join(ROOT, 'configs', 'hier_vim', '*.py')))
 
 

@@ -1,0 +1,9 @@
+# Paper Table 4 (bidirectional strategy, ImageNet-1k top-1 and ADE20K mIoU of
+# Vim-Ti): like all rows of that table, without a class token; the mean of
+# the tokens goes to the head. DeiT recipe of vim-tiny-p16_8xb128_in1k.py.
+# Row "Bidirectional SSM + Conv1d": Vim's mixer (bimamba v2), the released
+# models' block, here without the class token. It is also Table 5's "Mean
+# pool" row.
+_base_ = ['../vim-tiny-p16_8xb128_in1k.py']
+model = dict(backbone=dict(bidirectional='ssm_conv', cls_token_position=None,
+                           out_type='avg_featmap'))
