@@ -11,7 +11,10 @@
         [--out results.json] [--plot results.png]
     python tools/analysis_tools/benchmark_efficiency.py --replot results.json
 
-Models: Vim-Ti / Vim-S (``mmvim.models.Vim``) and DeiT-Ti / DeiT-S
+Models: Vim-Ti / Vim-S (``mmvim.models.Vim``), Hier-Vim-T
+(``mmvim.models.HierVim``) against mmpretrain's Swin-T (``SwinTransformer``,
+windows of 7, small maps padded as in dense tasks; both backbone alone, neck ``none`` only,
+the last stage's stride-32 map), and DeiT-Ti / DeiT-S
 (mmpretrain's ``VisionTransformer``, or timm's with ``--deit-impl timm``:
 the same network, for machines without OpenMMLab's model zoos; ``auto``
 takes mmpretrain where it imports), DeiT with two attention paths:
@@ -76,7 +79,14 @@ MODEL_SPECS = {
                          attention='eager'),
     'deit-s-sdpa': dict(family='deit', arch='deit-small', embed_dims=384,
                         attention='sdpa'),
+    # hierarchical: the stride-32 map of the last stage (no FPN rows)
+    'hier-vim-t': dict(family='hier_vim', arch='tiny', embed_dims=768),
+    'swin-t': dict(family='swin', arch='tiny', embed_dims=768),
 }
+HIERARCHICAL = ('hier_vim', 'swin')
+# each model compared with: Vim with the DeiTs of its size (baselines_of),
+# Hier-Vim-T with mmpretrain's Swin-T
+BASELINES = {'hier-vim-t': ['swin-t']}
 # DeiT shapes for the timm build (mmpretrain's arch_zoo holds the same):
 # embed dims, layers, heads; patch 16, MLP ratio 4, qkv bias, class token
 DEIT_ARCHS = {'deit-tiny': dict(embed_dims=192, num_layers=12, num_heads=3),
@@ -363,6 +373,11 @@ def build_model(name, resolution, neck='none', depth=None, deit_impl='auto'):
     from ``deit_impl`` ('mmpretrain', 'timm' or 'auto')."""
     spec = MODEL_SPECS[name]
     dims = spec['embed_dims']
+    if spec['family'] in HIERARCHICAL:
+        if neck != 'none':
+            raise ValueError(f'{name}: hierarchical backbones run with neck '
+                             "'none' only in this benchmark")
+        return BackboneWithNeck(build_hierarchical(spec, resolution, depth))
     if spec['family'] == 'vim':
         from mmvim.models import Vim
         arch = spec['arch'] if depth is None else dict(embed_dims=dims,
@@ -393,7 +408,36 @@ def build_model(name, resolution, neck='none', depth=None, deit_impl='auto'):
     return BackboneWithNeck(backbone, neck_module)
 
 
-def num_tokens(resolution, patch=16):
+def build_hierarchical(spec, resolution, depth=None):
+    """Hier-Vim or mmpretrain's Swin for ``resolution`` x ``resolution``
+    inputs, returning the last stage's normed map; ``depth`` caps the blocks
+    of every stage (smoke tests)."""
+    if spec['family'] == 'hier_vim':
+        from mmvim.models import HierVim
+        arch = spec['arch'] if depth is None else dict(
+            HierVim.arch_zoo[spec['arch']],
+            depths=tuple(min(d, depth) for d in
+                         HierVim.arch_zoo[spec['arch']]['depths']))
+        return HierVim(arch, out_indices=(3, ), drop_path_rate=0.)
+    try:
+        from mmpretrain.models.backbones import SwinTransformer
+    except ImportError as err:
+        raise ImportError(f'the Swin rows need mmpretrain ({err}); leave '
+                          'swin-t out of --models') from None
+    arch = spec['arch']
+    if depth is not None:
+        arch = dict(SwinTransformer.arch_zoo[arch])
+        arch['depths'] = [min(d, depth) for d in arch['depths']]
+    # pad_small_map: windows of 7 at every size, as in dense tasks
+    return SwinTransformer(arch=arch, img_size=resolution, out_indices=(3, ),
+                           drop_path_rate=0., pad_small_map=True)
+
+
+def num_tokens(resolution, patch=16, family='vim'):
+    """Tokens of the sequence a model mixes: Vim / DeiT's patch grid + the
+    class token; Hier-Vim / Swin's first stage (stride 4, padded)."""
+    if family in HIERARCHICAL:
+        return (-(-resolution // 4))**2
     side = (resolution - patch) // patch + 1
     return side * side + 1  # + class token
 
@@ -523,14 +567,16 @@ def resolutions_of(args, mode):
 def new_row(name, neck, dtype, mode, res, args, scan_impl):
     """What identifies a row: model, config, resolution, batch."""
     spec = MODEL_SPECS[name]
-    is_vim = spec['family'] == 'vim'
+    is_deit = spec['family'] == 'deit'
     return dict(model=name, family=spec['family'],
                 attention=spec.get('attention'),
-                scan_impl=scan_impl if is_vim else None,
-                deit_impl=None if is_vim else resolve_deit_impl(
-                    getattr(args, 'deit_impl', 'auto')),
+                scan_impl=scan_impl if spec['family'] in ('vim', 'hier_vim')
+                else None,
+                deit_impl=resolve_deit_impl(getattr(args, 'deit_impl', 'auto'))
+                if is_deit else None,
                 neck=neck, dtype=dtype, mode=mode, resolution=res,
-                tokens=num_tokens(res), batch=args.batch)
+                tokens=num_tokens(res, family=spec['family']),
+                batch=args.batch)
 
 
 def run_one(name, neck, dtype, mode, res, args, scan_impl):
@@ -565,9 +611,10 @@ def expected_seconds(previous, name, res):
     with the square of the tokens, Vim linearly."""
     if previous is None or 'wall_seconds' not in previous:
         return None
-    power = 2 if MODEL_SPECS[name]['family'] == 'deit' else 1
+    family = MODEL_SPECS[name]['family']
+    power = 2 if family == 'deit' else 1  # Swin's windows: linear
     return previous['wall_seconds'] * (
-        num_tokens(res) / previous['tokens'])**power
+        num_tokens(res, family=family) / previous['tokens'])**power
 
 
 def run_grid(neck, dtype, mode, args, scan_impl, deadline=None,
@@ -591,7 +638,9 @@ def run_grid(neck, dtype, mode, args, scan_impl, deadline=None,
         if row['mode'] == mode and row['status'] == 'ok':
             last[row['model']] = row
     for res in resolutions_of(args, mode):
-        running = [name for name in args.models if name not in stopped]
+        running = [name for name in args.models if name not in stopped
+                   and (neck == 'none' or MODEL_SPECS[name]['family']
+                        not in HIERARCHICAL)]
         if not running:
             break
         for i, name in enumerate(running):
@@ -657,6 +706,8 @@ TABLE_HEADER = (f"{'model':<14}{'neck':<6}{'dtype':<10}{'mode':<10}"
 
 
 def baselines_of(vim_name):
+    if vim_name in BASELINES:
+        return BASELINES[vim_name]
     size = vim_name.split('-', 1)[1]
     return [f'deit-{size}-eager', f'deit-{size}-sdpa']
 
@@ -668,7 +719,7 @@ def compare(rows):
              r for r in rows}
     ratios = []
     for (name, neck, dtype, mode, res), vim in index.items():
-        if not name.startswith('vim'):
+        if not name.startswith('vim') and name not in BASELINES:
             continue
         for base in baselines_of(name):
             deit = index.get((base, neck, dtype, mode, res))
@@ -726,7 +777,7 @@ def print_report(rows, ratios, targets, info):
         print(format_row(row))
     if ratios:
         print('\nVim against DeiT (images/s ratio, memory fraction)')
-        print(f"{'vim':<8}{'baseline':<15}{'neck':<6}{'dtype':<10}"
+        print(f"{'model':<12}{'baseline':<15}{'neck':<6}{'dtype':<10}"
               f"{'mode':<10}{'res':>6}{'speed':>9}{'memory':>9}")
         for e in ratios:
             speed = (f"{e['fps_ratio']:.2f}x" if e['fps_ratio'] is not None
@@ -737,7 +788,7 @@ def print_report(rows, ratios, targets, info):
                      '-')
             memory = ('-' if e['memory_fraction'] is None else
                       f"{e['memory_fraction']:.1%}")
-            print(f"{e['vim']:<8}{e['baseline']:<15}{e['neck']:<6}"
+            print(f"{e['vim']:<12}{e['baseline']:<15}{e['neck']:<6}"
                   f"{e['dtype']:<10}{e['mode']:<10}{e['resolution']:>6}"
                   f'{speed:>9}{memory:>9}')
     if targets:

@@ -3,7 +3,7 @@
     python tools/analysis_tools/get_flops.py [CONFIG ...] [--shape H [W]]
         [--backbone-only] [--out flops.json]
 
-Without CONFIGs: every ``configs/vim/*.py``. Each model is built from its
+Without CONFIGs: every ``configs/vim/*.py`` and ``configs/hier_vim/*.py``. Each model is built from its
 config (no weights loaded) and traced on one image of ``--shape`` (default:
 the backbone's ``img_size``, the resolution the config is made for) with
 mmengine's ``FlopAnalyzer``: the fvcore convention, one multiply-add is one
@@ -18,7 +18,8 @@ zero. Here every mixer's scan goes through one traced op,
 direction, ``3 M E N`` (discretisation and state update) + ``M E N``
 (output), M tokens, E = expand * D inner channels, N states; Vim scans both
 directions. The scan total is checked against the same formula evaluated
-from the config alone (depth, tokens of the patch grid, D, N).
+from the config alone (depth, tokens of the patch grid, D, N; for
+Hier-Vim per stage, its blocks scanning all tokens of the stage's map).
 """
 import argparse
 import contextlib
@@ -50,8 +51,9 @@ def parse_args(argv=None):
     parser.add_argument('--out', help='also write the results as JSON')
     args = parser.parse_args(argv)
     if not args.configs:
-        args.configs = sorted(glob.glob(osp.join(ROOT, 'configs', 'vim',
-                                                 '*.py')))
+        args.configs = sorted(
+            glob.glob(osp.join(ROOT, 'configs', 'vim', '*.py')) +
+            glob.glob(osp.join(ROOT, 'configs', 'hier_vim', '*.py')))
     if args.shape and len(args.shape) not in (1, 2):
         parser.error('--shape takes H or H W')
     return args
@@ -156,6 +158,21 @@ def vim_ssm_flops_by_formula(backbone, shape, batch=1):
                                           mixer.d_state, batch), tokens
 
 
+def hier_vim_ssm_flops_by_formula(backbone, shape, batch=1):
+    """The same formula for a Hier-Vim backbone: each stage scans all its
+    tokens, M_i = ceil(H / 4 / 2^i) x ceil(W / 4 / 2^i) (odd maps padded),
+    E_i = expand x C_i. Returns (flops, tokens of the first stage)."""
+    patch = backbone.patch_embed.projection.stride
+    h, w = -(-shape[0] // patch[0]), -(-shape[1] // patch[1])
+    total, first = 0, h * w
+    for stage in backbone.stages:
+        mixer = stage.blocks[0].mixer
+        total += len(stage.blocks) * 2 * ssm_flops(h * w, mixer.d_inner,
+                                                   mixer.d_state, batch)
+        h, w = -(-h // 2), -(-w // 2)
+    return total, first
+
+
 # ---------------------------------------------------------------- configs
 class TensorMode(nn.Module):
     """``model(x, data_samples, mode='tensor')`` as a plain forward."""
@@ -199,7 +216,8 @@ def build_from_config(path):
 def input_shape(model, shape):
     if shape:
         return (shape[0], shape[-1])
-    return tuple(model.backbone.img_size)
+    # hierarchical backbones take any size: ImageNet's 224 unless told
+    return tuple(getattr(model.backbone, 'img_size', (224, 224)))
 
 
 def analyse_config(path, shape=None, backbone_only=False):
@@ -209,9 +227,13 @@ def analyse_config(path, shape=None, backbone_only=False):
     backbone = count_flops(model.backbone, (x, ))
     result = dict(config=osp.relpath(path, ROOT) if path.startswith(ROOT)
                   else path, input=list(hw), backbone=backbone)
-    if hasattr(model.backbone, 'layers') and \
+    formula = None
+    if type(model.backbone).__name__ == 'HierVim':
+        formula, tokens = hier_vim_ssm_flops_by_formula(model.backbone, hw)
+    elif hasattr(model.backbone, 'layers') and \
             hasattr(model.backbone.layers[0], 'mixer'):
         formula, tokens = vim_ssm_flops_by_formula(model.backbone, hw)
+    if formula is not None:
         result.update(tokens=tokens, ssm_flops_formula=formula,
                       ssm_flops_counted=backbone['by_operator'].get(
                           'selective_scan', 0))
