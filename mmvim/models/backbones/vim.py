@@ -3,6 +3,7 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.runner.checkpoint import CheckpointLoader
@@ -89,6 +90,9 @@ class Vim(BaseModule):
             every layer, see :mod:`mmvim.models.layers.rope`.
         rope_residual (bool): rotate the residual stream too
             (``if_rope_residual``).
+        with_cp (bool): activation checkpointing per layer in training:
+            each layer keeps only its input for backward and runs again
+            there (less memory, about one more forward of time).
         init_cfg (dict): ``dict(type='Pretrained', checkpoint=PATH)`` loads a
             released Vim file or an OpenMMLab checkpoint with a Vim backbone:
             keys mapped, classifier dropped, position embedding resized.
@@ -122,6 +126,7 @@ class Vim(BaseModule):
                  sequence_flip_prob=0.,
                  rope=False,
                  rope_residual=False,
+                 with_cp=False,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         arch = self._parse_arch(arch)
@@ -160,6 +165,7 @@ class Vim(BaseModule):
         self.sequence_flip_prob = sequence_flip_prob
         self.rope = rope
         self.rope_residual = rope_residual
+        self.with_cp = with_cp
         self.out_indices = self._parse_out_indices(out_indices)
         if 'bidirectional' in mixer_cfg:
             raise ValueError('set bidirectional on Vim, not in mixer_cfg')
@@ -419,14 +425,15 @@ class Vim(BaseModule):
         if self.bidirectional == 'layers':
             for i in range(1, self.depth, 2):
                 forward, backward = self.layers[i - 1], self.layers[i]
-                stream = forward(stream) + backward(stream.flip(1)).flip(1)
+                stream = self._run(forward, stream) + self._run(
+                    backward, stream.flip(1)).flip(1)
                 if i in self.out_indices:
                     emit(i, stream)
         elif self.rope:
             rope = self._rope(grid, stream, flipped)
             stream = rope(stream)
             for i, layer in enumerate(self.layers):
-                branch = layer.residual_branch(stream)
+                branch = self._run(layer.residual_branch, stream)
                 if i in self.out_indices:
                     emit(i, stream + branch)
                 # the reference rotates each layer's output (and with
@@ -435,10 +442,16 @@ class Vim(BaseModule):
                 stream = residual + rope(branch)
         else:
             for i, layer in enumerate(self.layers):
-                stream = layer(stream)
+                stream = self._run(layer, stream)
                 if i in self.out_indices:
                     emit(i, stream)
         return tuple(outs)
+
+    def _run(self, layer, stream):
+        """layer(stream), checkpointed when with_cp and training."""
+        if self.with_cp and self.training and stream.requires_grad:
+            return cp.checkpoint(layer, stream, use_reentrant=False)
+        return layer(stream)
 
     def _rope(self, grid, stream, flipped):
         """The reference's rotary embedding for this grid, in the original
