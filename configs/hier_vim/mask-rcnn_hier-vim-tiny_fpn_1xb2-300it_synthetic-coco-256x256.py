@@ -31,12 +31,8 @@ optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999),
                    weight_decay=0.05),
-    paramwise_cfg=dict(
-        flat_decay_mult=0.0,
-        custom_keys={
-            '.A_log': dict(decay_mult=0.0),
-            '.A_b_log': dict(decay_mult=0.0)
-        }),
+    # no decay on 1-D parameters: the Vim configs' (reference) rule
+    paramwise_cfg=dict(flat_decay_mult=0.0),
     clip_grad=dict(max_norm=5.0))
 max_iters = 300
 param_scheduler = [

@@ -150,3 +150,37 @@ def test_pretrained_classifier_loads_into_dense_backbone(tmp_path, capsys):
                     init_cfg=dict(type='Pretrained', checkpoint=path))
     with pytest.raises(ValueError, match='does not fit this Hier-Vim'):
         other.init_weights()
+
+
+@pytest.mark.parametrize('config', [
+    'hier-vim-tiny_8xb128_in1k.py',
+    'upernet_hier-vim-tiny_8xb2-160k_ade20k-512x512.py',
+    'mask-rcnn_hier-vim-tiny_fpn_1x_coco.py'])
+def test_configs_exempt_what_the_vim_configs_exempt_from_weight_decay(
+        config):
+    """Swin's optimizers with the Vim configs' no-decay set: 1-D parameters
+    (norms, biases, D, D_b); A_log / A_b_log decayed, as in the reference
+    run."""
+    import os.path as osp
+
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+
+    from mmvim.engine.optimizers.layer_decay_optim_wrapper_constructor \
+        import is_no_weight_decay
+    root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    cfg = Config.fromfile(osp.join(root, 'configs', 'hier_vim', config))
+    model = nn.Module()
+    model.backbone = HierVim(SMALL)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    base_wd = cfg.optim_wrapper.optimizer.weight_decay
+    decay = {id(p): g['weight_decay'] for g in wrapper.optimizer.param_groups
+             for p in g['params']}
+    names = dict(model.named_parameters())
+    assert len(decay) == len(names)
+    for name, param in names.items():
+        expected = 0. if is_no_weight_decay(name, param) else base_wd
+        assert decay[id(param)] == expected, name
+    mixer = 'backbone.stages.0.blocks.0.mixer.'
+    assert decay[id(names[mixer + 'D_b'])] == 0
+    assert decay[id(names[mixer + 'A_b_log'])] == base_wd

@@ -1,18 +1,14 @@
 # Swin's UperNet schedule for Hier-Vim: 160k iterations of AdamW (lr 6e-5,
 # wd 0.01), 1500 linear warm-up iterations, then linear decay to zero; no
-# weight decay on 1-D parameters (norms, biases, D / D_b) and A_log /
-# A_b_log, as the Vim configs (Swin's own rule exempts norms and its
-# position tables, which Hier-Vim does not have).
+# weight decay on 1-D parameters (norms, biases, D / D_b), as the Vim
+# configs (Swin's own rule exempts norms and its position tables, which
+# Hier-Vim does not have).
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999),
                    weight_decay=0.01),
-    paramwise_cfg=dict(
-        flat_decay_mult=0.0,
-        custom_keys={
-            '.A_log': dict(decay_mult=0.0),
-            '.A_b_log': dict(decay_mult=0.0)
-        }))
+    # no decay on 1-D parameters: the Vim configs' (reference) rule
+    paramwise_cfg=dict(flat_decay_mult=0.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0,
          end=1500),

@@ -1,17 +1,13 @@
 # Swin's Mask R-CNN schedule for Hier-Vim: 12 epochs of AdamW (lr 1e-4 for a
 # total batch of 16, wd 0.05), 1000 linear warm-up iterations, lr x0.1
 # after epochs 8 and 11. No weight decay on 1-D parameters (norms, biases,
-# D / D_b) and A_log / A_b_log, as the Vim configs.
+# D / D_b), as the Vim configs.
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999),
                    weight_decay=0.05),
-    paramwise_cfg=dict(
-        flat_decay_mult=0.0,
-        custom_keys={
-            '.A_log': dict(decay_mult=0.0),
-            '.A_b_log': dict(decay_mult=0.0)
-        }))
+    # no decay on 1-D parameters: the Vim configs' (reference) rule
+    paramwise_cfg=dict(flat_decay_mult=0.0))
 max_epochs = 12
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
