@@ -776,7 +776,8 @@ def print_report(rows, ratios, targets, info):
     for row in rows:
         print(format_row(row))
     if ratios:
-        print('\nVim against DeiT (images/s ratio, memory fraction)')
+        print('\nagainst the baselines: Vim vs DeiT, Hier-Vim vs Swin '
+              '(images/s ratio, memory fraction)')
         print(f"{'model':<12}{'baseline':<15}{'neck':<6}{'dtype':<10}"
               f"{'mode':<10}{'res':>6}{'speed':>9}{'memory':>9}")
         for e in ratios:
