@@ -60,9 +60,17 @@ def test_openmmlab_layout_and_ema(official_checkpoint, tmp_path, log_lines):
     assert 'OpenMMLab layout' in log_lines[-1]
     assert 'decode_head.conv_seg.weight' in log_lines[-1]
 
+    # the stand-in's 'model_ema' differs from its 'model': each loads its own
+    ema = make_official_weights.make_state_dict(
+        'vim-ti', make_official_weights.EMA_SEED_OFFSET)
     model.load_pretrained(official_checkpoint('vim-ti', 0), use_ema=True)
+    torch.testing.assert_close(model.cls_token, ema['cls_token'])
+    torch.testing.assert_close(model.layers[7].mixer.A_log,
+                               ema['layers.7.mixer.A_log'])
+    model.load_pretrained(official_checkpoint('vim-ti', 0))
     torch.testing.assert_close(
-        model.cls_token, make_official_weights.make_state_dict('vim-ti', 0)['cls_token'])
+        model.cls_token,
+        make_official_weights.make_state_dict('vim-ti', 0)['cls_token'])
 
 
 def test_wrong_architecture_is_a_clear_error(official_checkpoint):

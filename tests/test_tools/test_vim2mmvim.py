@@ -41,7 +41,15 @@ def test_never_overwrites_without_force(official_checkpoint, tmp_path):
     result = _run(src, src)
     assert result.returncode != 0 and 'same file' in result.stderr
     assert _run(src, str(dst), '--force', '--ema').returncode == 0
-    assert torch.load(dst, weights_only=True)['meta']['source_entry'] == 'model_ema'
+    ema = torch.load(dst, weights_only=True)
+    assert ema['meta']['source_entry'] == 'model_ema'
+    # the stand-in's EMA weights differ from its 'model': the EMA ones came
+    expected = make_official_weights.make_state_dict(
+        'vim-ti', make_official_weights.EMA_SEED_OFFSET)
+    torch.testing.assert_close(ema['state_dict']['backbone.cls_token'],
+                               expected['cls_token'])
+    torch.testing.assert_close(ema['state_dict']['head.fc.weight'],
+                               expected['head.weight'])
 
 
 def test_rejects_already_converted(official_checkpoint, tmp_path):
