@@ -64,20 +64,25 @@ def checkpoint_safe_globals():
     ] + [type(np.dtype(t)) for t in _NUMERIC_DTYPES]
 
 
+class CheckpointFileError(RuntimeError):
+    """A checkpoint file that cannot be loaded: corrupt, truncated, not a
+    PyTorch file, or holding objects outside the weights-only safe set."""
+
+
 def load_checkpoint_file(filename, map_location=None):
     """``torch.load(filename, weights_only=True)`` with mmvim's safe set.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        RuntimeError: the file is truncated / corrupt, or holds objects
-            outside the safe set; the message names the file.
+        CheckpointFileError: the file is truncated / corrupt, or holds
+            objects outside the safe set; the message names the file.
     """
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint {filename} can not be found')
 
     def corrupt(error):
-        return RuntimeError(
+        return CheckpointFileError(
             f'checkpoint {filename} is corrupt, truncated or not a PyTorch '
             f'file ({str(error).strip().splitlines()[0]}); it was left '
             f'untouched; {_other_checkpoints(filename)}')
@@ -94,7 +99,7 @@ def load_checkpoint_file(filename, map_location=None):
                               r'allowed', str(error))
             if not found:
                 raise corrupt(_unpickler_reason(error)) from error
-            raise RuntimeError(
+            raise CheckpointFileError(
                 f'refusing to load {filename}: it holds '
                 f'{found.group(1) or found.group(2)}, outside the '
                 'weights-only safe set. Only load files you trust; for such '

@@ -14,7 +14,7 @@ import os.path as osp
 
 import torch
 
-from mmvim.engine import load_checkpoint_file
+from mmvim.engine import exit_on_user_error, load_checkpoint_file
 from mmvim.models import checkpoint_state_dict, convert_official_to_mmpretrain
 
 
@@ -56,7 +56,8 @@ def convert(src, dst, use_ema=False, force=False):
 
 def main():
     args = parse_args()
-    convert(args.src, args.dst, args.ema, args.force)
+    with exit_on_user_error():
+        convert(args.src, args.dst, args.ema, args.force)
 
 
 if __name__ == '__main__':

@@ -13,8 +13,8 @@ from ..layers import (CLS_TOKEN_POSITIONS, RMSNorm, VimBlock, VimPatchEmbed,
                       apply_reference_rope, cls_token_indices,
                       infer_square_grid, insert_cls_tokens, resize_pos_embed,
                       rope_tables, split_cls_tokens)
-from .vim_checkpoint import (checkpoint_state_dict, describe_vim_weights,
-                             vim_backbone_weights)
+from .vim_checkpoint import (VimCheckpointError, checkpoint_state_dict,
+                             describe_vim_weights, vim_backbone_weights)
 
 
 def lecun_normal_(weight):
@@ -395,7 +395,7 @@ class Vim(BaseModule):
                              embed_dims and cfg['depth'] == depth)
             cause += (f": set arch='{matches[0]}'" if matches else
                       ': set arch to match the checkpoint')
-        raise ValueError(f'{source} does not fit this Vim backbone; '
+        raise VimCheckpointError(f'{source} does not fit this Vim backbone; '
                          + '; '.join(problems) + f'. Likely cause: {cause}')
 
     # -------------------------------------------------------------- forward

@@ -10,6 +10,11 @@ prefix the backbone with ``backbone.``. No model is needed here.
 """
 import re
 
+class VimCheckpointError(ValueError):
+    """Weights that are not a Vim's, or not this Vim's: a user error,
+    reported by the tools as its message alone."""
+
+
 _VIM_MARKER = re.compile(r'^layers\.\d+\.mixer\.')
 # buffers of the reference's rotary embedding (``if_rope``): mmvim computes
 # them from the grid, so they are dropped on load
@@ -59,9 +64,9 @@ def convert_official_to_mmpretrain(state_dict):
     """
     if not is_official_vim(state_dict):
         if any(_VIM_MARKER.match(k) for k in _strip_backbone(state_dict)):
-            raise ValueError('this state dict is already in the OpenMMLab '
+            raise VimCheckpointError('this state dict is already in the OpenMMLab '
                              "layout ('backbone.*' keys); no conversion needed")
-        raise ValueError("not a Vim state dict: no 'layers.N.mixer.*' keys "
+        raise VimCheckpointError("not a Vim state dict: no 'layers.N.mixer.*' keys "
                          f'(first keys: {list(state_dict)[:5]})')
     converted = {}
     for key, value in state_dict.items():
@@ -91,7 +96,7 @@ def vim_backbone_weights(state_dict):
     for key in derived:
         del weights[key]
     if not any(_VIM_MARKER.match(k) for k in weights):
-        raise ValueError(
+        raise VimCheckpointError(
             "not a Vim checkpoint: no 'layers.N.mixer.*' or "
             "'backbone.layers.N.mixer.*' keys (first keys: "
             f'{list(state_dict)[:5]}); pass a released Vim file or a '

@@ -1,0 +1,64 @@
+"""What the command-line tools share: the runner arguments of
+``tools/train.py`` and ``tools/test.py``, the config they build from them,
+and how a user's mistake ends (its message alone, non-zero exit status;
+tracebacks are for bugs)."""
+import contextlib
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+
+from .checkpoint_loading import CheckpointFileError
+
+
+def add_runner_args(parser):
+    """--work-dir, --cfg-options, --launcher, --local-rank."""
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, e.g. '
+        'train_cfg.max_iters=100 optim_wrapper.optimizer.lr=1e-4')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser
+
+
+def config_from_args(args):
+    """The config of ``args.config`` with --cfg-options, --launcher and the
+    work dir (--work-dir, the config's, or ./work_dirs/CONFIG_NAME)."""
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    if not osp.isfile(args.config):
+        raise FileNotFoundError(f'config {args.config} not found')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    return cfg
+
+
+def _user_errors():
+    from mmvim.models.backbones.vim_checkpoint import VimCheckpointError
+    return (FileNotFoundError, CheckpointFileError, VimCheckpointError)
+
+
+@contextlib.contextmanager
+def exit_on_user_error():
+    """Turn the errors a user causes (a missing file or data root, a
+    checkpoint that cannot be read or is not a fitting Vim) into
+    ``error: <message>`` and exit status 1, without a traceback."""
+    try:
+        yield
+    except _user_errors() as error:
+        raise SystemExit(f'error: {error}') from None
