@@ -1,5 +1,5 @@
 # Long-sequence fine-tuning of Vim-S: patch 16 with stride 8, 30 epochs at a
-# constant lr 1e-5, wd 1e-8 (vim_spec.md §3). Released result
+# constant lr 1e-5, wd 1e-8 (docs/vim.md, Recipes). Released result
 # (vim_s_midclstok_ft_81p6acc.pth): 81.6 top-1. Starts from the converted
 # stride-16 Vim-S classifier (tools/model_converters/vim2mmvim.py), position
 # embedding resized 14x14 -> 27x27 on load.

@@ -1,5 +1,5 @@
 # Long-sequence fine-tuning of Vim-Ti: patch 16 with stride 8 (27x27 = 729
-# tokens at 224), 30 epochs at a constant lr 1e-5, wd 1e-8 (vim_spec.md §3).
+# tokens at 224), 30 epochs at a constant lr 1e-5, wd 1e-8 (docs/vim.md, Recipes).
 # Released result (vim_t_midclstok_ft_78p3acc.pth): 78.3 top-1.
 # Starts from the stride-16 classifier; its 14x14 position embedding is
 # resized to 27x27 when it is loaded. Convert the released stride-16 file:

@@ -1,4 +1,4 @@
-"""Vim as the reference code trained it (docs/vim_spec.md section 1,
+"""Vim as the reference code trained it (docs/vim.md, Initialisation;
 hustvl/Vim ``vim/models_mamba.py`` and its ``mamba_simple.py``): the
 initialisation, and the ablation variants of the paper's Tables 4 and 5.
 Expected statistics come from the rules (PyTorch's default bound

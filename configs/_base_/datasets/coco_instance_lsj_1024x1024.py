@@ -1,5 +1,5 @@
 # COCO 2017 instance segmentation with large-scale jitter to 1024x1024
-# (ViTDet / vim_spec.md §3): resize ratio 0.1-2.0, crop 1024, flip, and
+# (ViTDet / docs/vim.md, Recipes): resize ratio 0.1-2.0, crop 1024, flip, and
 # every batch padded to exactly 1024x1024; test at 1024 (long side).
 dataset_type = 'CocoDataset'
 data_root = 'data/coco/'

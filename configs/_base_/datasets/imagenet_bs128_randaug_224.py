@@ -1,4 +1,4 @@
-# ImageNet-1k, DeiT augmentation (vim_spec.md §3), 128 images per GPU.
+# ImageNet-1k, DeiT augmentation (docs/vim.md, Recipes), 128 images per GPU.
 # data/imagenet/{train,val}/... with meta/{train,val}.txt, as mmpretrain's
 # ImageNet dataset expects (see its docs on preparing ImageNet).
 dataset_type = 'ImageNet'

@@ -1,4 +1,4 @@
-# DeiT schedule (vim_spec.md §3): AdamW lr 1e-3 for a total batch of 1024,
+# DeiT schedule (docs/vim.md, Recipes): AdamW lr 1e-3 for a total batch of 1024,
 # wd 0.05 except pos_embed / cls_token / D / norms / biases (the reference
 # run's timm rule: A_log / A_b_log are decayed; paramwise_cfg
 # no_decay_rule='mamba' gives Mamba's rule, A_log exempt),

@@ -1,4 +1,4 @@
-# Detection schedule of the paper (vim_spec.md §3): AdamW lr 1e-4, wd 0.1
+# Detection schedule of the paper (docs/vim.md, Recipes): AdamW lr 1e-4, wd 0.1
 # (none on pos_embed / cls_token / D / norms / biases: the reference rule,
 # A_log decayed; no_decay_rule='mamba' exempts A_log too) for a total
 # batch of 64, layer-wise lr decay, 250 warm-up iterations, then linear

@@ -245,8 +245,8 @@ class Vim(BaseModule):
 
     @torch.no_grad()
     def _init_reference_weights(self):
-        """Initialisation of the reference model (docs/vim_spec.md, section
-        1): pos_embed and the class tokens trunc-normal 0.02; the patch
+        """Initialisation of the reference model (docs/vim.md,
+        Initialisation): pos_embed and the class tokens trunc-normal 0.02; the patch
         conv LeCun normal with a zero bias; every Linear bias zero except
         dt_proj's; the mixers keep their own (Mamba's) rules, with each
         out_proj.weight redrawn kaiming-uniform (a = sqrt(5)) and divided by
