@@ -124,11 +124,13 @@ def test_frozen_stages_and_norm_eval():
 
 
 def test_pretrained_classifier_loads_into_dense_backbone(tmp_path, capsys):
+    from mmengine.registry import DefaultScope
     from mmpretrain.models import ImageClassifier
-    classifier = ImageClassifier(
-        backbone=dict(type='HierVim', arch=SMALL),
-        neck=dict(type='GlobalAveragePooling'),
-        head=dict(type='LinearClsHead', num_classes=5, in_channels=128))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        classifier = ImageClassifier(
+            backbone=dict(type='HierVim', arch=SMALL),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='LinearClsHead', num_classes=5, in_channels=128))
     path = str(tmp_path / 'hier_vim_cls.pth')
     torch.save({'state_dict': classifier.state_dict(), 'meta': {}}, path)
 

@@ -79,6 +79,7 @@ def test_reference_initialisation():
 def test_classifier_head_initialisation_of_the_configs():
     """The reference head: trunc-normal 0.02 weights, zero bias."""
     from mmengine.config import Config
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
     from mmpretrain.utils import register_all_modules
     register_all_modules(init_default_scope=False)
@@ -87,7 +88,8 @@ def test_classifier_head_initialisation_of_the_configs():
         cfg = Config.fromfile(osp.join(CONFIGS, name)).model
         cfg.backbone.arch = TINY
         cfg.head.in_channels = 16
-        model = MODELS.build(cfg)
+        with DefaultScope.overwrite_default_scope('mmpretrain'):
+            model = MODELS.build(cfg)
         model.init_weights()
         fc = model.head.fc
         assert _close_std(fc.weight, 0.02, rel=0.1), name
@@ -142,8 +144,10 @@ def test_mean_and_max_pool_without_class_token():
     tokens = model(x)[0]
     torch.testing.assert_close(mean_model(x)[0], tokens.mean(1))
     # max pool: the classifier on every token, then the max over tokens
+    from mmengine.registry import DefaultScope
     from mmvim.models.heads import TokenMaxClsHead
-    head = TokenMaxClsHead(num_classes=5, in_channels=16)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        head = TokenMaxClsHead(num_classes=5, in_channels=16)
     scores = head((tokens, ))
     expected = torch.stack([head.fc(tokens[:, t]) for t in range(16)]).amax(0)
     torch.testing.assert_close(scores, expected)

@@ -49,8 +49,8 @@ def test_cpu_smoke_run_writes_table_json_and_png(bench, tmp_path, capsys):
          'train', '--scan-impl', 'auto', '--out', str(out)],
         capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert 'images/s' in result.stdout and 'Vim against DeiT' in \
-        result.stdout
+    assert 'images/s' in result.stdout and 'against the baselines: Vim vs ' \
+        'DeiT' in result.stdout
 
     report = json.loads(out.read_text())
     for key in ('device', 'device_name', 'torch', 'scan_impl', 'batch',
@@ -88,7 +88,7 @@ def test_cpu_smoke_run_writes_table_json_and_png(bench, tmp_path, capsys):
     # the report and the plot again from the JSON, nothing measured
     replotted = tmp_path / 'again.png'
     bench.main(['--replot', str(out), '--plot', str(replotted)])
-    assert 'Vim against DeiT' in capsys.readouterr().out
+    assert 'against the baselines: Vim vs DeiT' in capsys.readouterr().out
     assert replotted.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 

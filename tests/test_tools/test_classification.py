@@ -209,18 +209,18 @@ def test_recipe_is_active_in_the_built_runner(imagenet, tmp_path):
     assert torch.allclose(scores.sum(1), torch.ones(4))
     assert (scores.max(1).values < 1).any()
 
-    # weight decay 0.05 except the Vim no-decay set; no layer-wise decay
+    # weight decay 0.05 except the reference rule's set (pos_embed,
+    # cls_token, 1-D D / norms, biases); A_log decayed; no layer-wise decay
     groups = runner.optim_wrapper.optimizer.param_groups
     names = {id(p): n for n, p in runner.model.named_parameters()}
     decay = {names[id(p)]: g['weight_decay'] for g in groups
              for p in g['params']}
     for name, wd in decay.items():
-        no_decay = (name.endswith(('pos_embed', 'cls_token', 'A_log',
-                                   'A_b_log', '.D', '.D_b', '.bias'))
-                    or 'norm' in name)
+        no_decay = (name.endswith(('pos_embed', 'cls_token', '.D', '.D_b',
+                                   '.bias')) or 'norm' in name)
         assert wd == (0.0 if no_decay else 0.05), name
     assert decay['backbone.layers.0.mixer.in_proj.weight'] == 0.05
-    assert decay['backbone.layers.0.mixer.A_log'] == 0.0
+    assert decay['backbone.layers.0.mixer.A_log'] == 0.05
     assert {g['lr'] for g in groups} == {groups[0]['lr']}
     schedulers = [type(s).__name__ for s in runner.param_schedulers]
     assert schedulers == ['LinearLR', 'CosineAnnealingLR']
