@@ -2,8 +2,7 @@ import pytest
 import torch.nn as nn
 from mmengine.optim import build_optim_wrapper
 
-from mmvim.engine import get_vim_layer_id
-from mmvim.models import Vim
+from mmvim.models import HierVim, Vim
 
 RATE = 0.92
 
@@ -72,16 +71,53 @@ def test_no_weight_decay_set(rule):
 def test_frozen_parameters_are_left_out_and_bare_backbone():
     model = Classifier()
     model.backbone.pos_embed.requires_grad = False
-    groups = _groups_by_param(model, dict(layer_decay_rate=RATE, num_layers=24))
+    groups = _groups_by_param(model, dict(layer_decay_rate=RATE))
     assert id(model.backbone.pos_embed) not in groups
     bare = Vim(dict(embed_dims=16, depth=2), img_size=32)
     groups = _groups_by_param(bare, dict(layer_decay_rate=0.5))
     assert groups[id(bare.layers[1].mixer.D)]['lr'] == pytest.approx(1e-3 * 0.5)
 
 
-def test_layer_ids_and_config_errors():
-    assert get_vim_layer_id('backbone.cls_token', 24) == 0
-    assert get_vim_layer_id('backbone.layers.10.mixer.D', 24) == 11
-    assert get_vim_layer_id('decode_head.conv_seg.weight', 24) == 25
+def test_layer_depths_come_from_the_backbone():
+    """mmpretrain's idiom: get_layer_depth(name, prefix) -> (depth, n)."""
+    vim = Vim(dict(embed_dims=16, depth=24), img_size=32,
+              cls_token_position='double')
+    assert vim.get_layer_depth('backbone.cls_token_tail', 'backbone.') == \
+        (0, 26)
+    assert vim.get_layer_depth('backbone.patch_embed.proj.weight',
+                               'backbone.') == (0, 26)
+    assert vim.get_layer_depth('backbone.layers.10.mixer.D',
+                               'backbone.') == (11, 26)
+    assert vim.get_layer_depth('backbone.norm_f.weight', 'backbone.') == \
+        (25, 26)
+    assert vim.get_layer_depth('decode_head.conv_seg.weight',
+                               'backbone.') == (25, 26)
+    # Hier-Vim as mmpretrain's Swin: blocks counted over the stages, each
+    # patch merging with its stage's last block
+    hier = HierVim(dict(embed_dims=8, depths=(2, 2, 5, 2)))
+    assert hier.get_layer_depth('patch_embed.projection.weight') == (0, 13)
+    assert hier.get_layer_depth('stages.0.blocks.1.norm1.weight') == (2, 13)
+    assert hier.get_layer_depth('stages.2.blocks.0.mixer.A_log') == (5, 13)
+    assert hier.get_layer_depth('stages.1.downsample.reduction.weight') == \
+        (4, 13)
+    assert hier.get_layer_depth('norm3.weight') == (12, 13)
+    for name, _ in hier.named_parameters():
+        depth, num = hier.get_layer_depth(name)
+        assert 0 <= depth < num
+
+
+def test_hier_vim_layer_decay():
+    model = HierVim(dict(embed_dims=8, depths=(2, 2, 5, 2)))
+    groups = _groups_by_param(model, dict(layer_decay_rate=0.9))
+    lr = {name: groups[id(p)]['lr'] for name, p in model.named_parameters()}
+    assert lr['patch_embed.projection.weight'] == pytest.approx(1e-3 * 0.9**12)
+    assert lr['stages.3.blocks.1.mixer.in_proj.weight'] == \
+        pytest.approx(1e-3 * 0.9)
+    assert lr['norm3.weight'] == pytest.approx(1e-3)
+
+
+def test_config_errors():
     with pytest.raises(ValueError, match='layer_decay_rate'):
         _groups_by_param(Classifier(), dict(decay_rate=0.9))
+    with pytest.raises(ValueError, match='get_layer_depth'):
+        _groups_by_param(nn.Linear(2, 2), dict(layer_decay_rate=0.9))

@@ -1,5 +1,3 @@
-import re
-
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 
@@ -21,23 +19,6 @@ NO_WEIGHT_DECAY['mamba'] = NO_WEIGHT_DECAY['reference'] + (
     'A_log', 'A_b_log', 'D', 'D_b')
 
 
-def get_vim_layer_id(name, num_layers, prefix='backbone.'):
-    """Layer id of a parameter for layer-wise lr decay.
-
-    ``patch_embed``, ``pos_embed``, ``cls_token`` -> 0; ``layers.i`` -> i + 1;
-    everything else (``norm_f``, necks, heads) -> num_layers + 1.
-    """
-    if not name.startswith(prefix):
-        return num_layers + 1
-    name = name[len(prefix):]
-    if name.startswith(('patch_embed.', 'pos_embed', 'cls_token')):
-        return 0
-    match = re.match(r'layers\.(\d+)\.', name)
-    if match:
-        return int(match.group(1)) + 1
-    return num_layers + 1
-
-
 def is_no_weight_decay(name, param, rule='reference'):
     """True for 1-D parameters (norms, D), biases and the names of ``rule``
     in :data:`NO_WEIGHT_DECAY` ('reference' or 'mamba')."""
@@ -50,16 +31,16 @@ def is_no_weight_decay(name, param, rule='reference'):
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class VimLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
-    """Layer-wise lr decay for models with a Vim backbone.
+    """Layer-wise lr decay for models with a Vim (or Hier-Vim) backbone.
 
-    A parameter of layer id ``i`` gets ``lr = base_lr * rate ** (num_layers
-    + 1 - i)`` (ids from :func:`get_vim_layer_id`: the embeddings 0,
-    ``layers.i`` i + 1, everything outside the backbone num_layers + 1) and
-    no weight decay if :func:`is_no_weight_decay`.
+    The backbone gives each parameter its layer depth ``i`` of ``n``
+    (``backbone.get_layer_depth(name, 'backbone.')``, mmpretrain's idiom:
+    Vim's embeddings 0, ``layers.i`` i + 1, everything outside the backbone
+    n - 1); it gets ``lr = base_lr * rate ** (n - 1 - i)`` and no weight
+    decay if :func:`is_no_weight_decay`.
 
     ``paramwise_cfg``:
         layer_decay_rate (float): the decay rate (required).
-        num_layers (int, optional): defaults to the backbone's depth.
         no_decay_rule (str): 'reference' (default: the rule that trained
             the released weights; A_log decayed) or 'mamba' (no decay on
             A_log, A_b_log, D, D_b either).
@@ -78,12 +59,10 @@ class VimLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 'VimLayerDecayOptimWrapperConstructor needs '
                 'paramwise_cfg=dict(layer_decay_rate=...), e.g. 0.92 for '
                 'Vim-Ti or 0.95 for Vim-S')
-        unknown = set(paramwise_cfg) - {'layer_decay_rate', 'num_layers',
-                                        'no_decay_rule'}
+        unknown = set(paramwise_cfg) - {'layer_decay_rate', 'no_decay_rule'}
         if unknown:
             raise ValueError(f'unknown paramwise_cfg keys {sorted(unknown)}; '
-                             'allowed: layer_decay_rate, num_layers, '
-                             'no_decay_rule')
+                             'allowed: layer_decay_rate, no_decay_rule')
         rule = paramwise_cfg.get('no_decay_rule', 'reference')
         if rule not in NO_WEIGHT_DECAY:
             raise ValueError(f'unknown no_decay_rule {rule!r}, choose from '
@@ -92,27 +71,26 @@ class VimLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
     def add_params(self, params, module, prefix='', **kwargs):
         rate = self.paramwise_cfg['layer_decay_rate']
+        rule = self.paramwise_cfg.get('no_decay_rule', 'reference')
         backbone = getattr(module, 'backbone', module)
         name_prefix = 'backbone.' if backbone is not module else ''
-        num_layers = self.paramwise_cfg.get('num_layers')
-        if num_layers is None:
-            if not hasattr(backbone, 'layers'):
-                raise ValueError(
-                    'cannot infer num_layers: the model has no '
-                    "'backbone.layers'; set paramwise_cfg.num_layers")
-            num_layers = len(backbone.layers)
+        if not hasattr(backbone, 'get_layer_depth'):
+            raise ValueError(
+                'VimLayerDecayOptimWrapperConstructor needs a backbone with '
+                'get_layer_depth(param_name, prefix) (Vim, HierVim, '
+                f"mmpretrain's ViT and Swin); {type(backbone).__name__} has "
+                'none')
 
         groups = {}
+        num_layers = None
         for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
-            layer_id = get_vim_layer_id(name, num_layers, name_prefix)
-            no_decay = is_no_weight_decay(
-                name, param,
-                self.paramwise_cfg.get('no_decay_rule', 'reference'))
+            layer_id, num_layers = backbone.get_layer_depth(name, name_prefix)
+            no_decay = is_no_weight_decay(name, param, rule)
             key = (layer_id, no_decay)
             if key not in groups:
-                scale = rate**(num_layers + 1 - layer_id)
+                scale = rate**(num_layers - 1 - layer_id)
                 groups[key] = dict(
                     params=[],
                     lr=self.base_lr * scale,
@@ -122,7 +100,7 @@ class VimLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             groups[key]['params'].append(param)
         params.extend(groups[key] for key in sorted(groups))
         print_log(
-            f'layer-wise lr decay {rate} over {num_layers} layers: '
+            f'layer-wise lr decay {rate} over {num_layers} layer depths: '
             f'{len(groups)} parameter groups, lr scale from '
-            f'{rate**(num_layers + 1):.3g} (embeddings) to 1 (heads)',
+            f'{rate**(num_layers - 1):.3g} (embeddings) to 1 (heads)',
             logger='current')

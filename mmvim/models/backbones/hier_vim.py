@@ -248,6 +248,26 @@ class HierVim(BaseModule):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def get_layer_depth(self, param_name, prefix=''):
+        """(layer depth, number of depths) of a parameter for layer-wise lr
+        decay, as mmpretrain's Swin: patch_embed 0, block j of stage i
+        sum(depths[:i]) + j + 1, stage i's patch merging with its last
+        block, sum(depths[:i + 1]); everything else (output norms, necks,
+        heads) sum(depths) + 1, of sum(depths) + 2 in all."""
+        num_layers = sum(self.depths) + 2
+        if not param_name.startswith(prefix):
+            return num_layers - 1, num_layers
+        name = param_name[len(prefix):]
+        if name.startswith('patch_embed.'):
+            return 0, num_layers
+        if name.startswith('stages.'):
+            parts = name.split('.')
+            stage = int(parts[1])
+            if parts[2] == 'downsample':
+                return sum(self.depths[:stage + 1]), num_layers
+            return sum(self.depths[:stage]) + int(parts[3]) + 1, num_layers
+        return num_layers - 1, num_layers
+
     def _freeze_stages(self):
         if self.frozen_stages < 0:
             return

@@ -266,6 +266,22 @@ class Vim(BaseModule):
             nn.init.kaiming_uniform_(out_proj, a=math.sqrt(5))
             out_proj.div_(math.sqrt(self.depth))
 
+    def get_layer_depth(self, param_name, prefix=''):
+        """(layer depth, number of depths) of a parameter for layer-wise lr
+        decay, mmpretrain's idiom: the embeddings and class tokens 0,
+        ``layers.i`` i + 1, everything else (norm_f, and outside the
+        backbone: necks, heads) depth + 1, of depth + 2 in all."""
+        num_layers = self.depth + 2
+        if not param_name.startswith(prefix):
+            return num_layers - 1, num_layers
+        name = param_name[len(prefix):]
+        if name.startswith('patch_embed.') or name in (
+                'pos_embed', ) + self.cls_token_names:
+            return 0, num_layers
+        if name.startswith('layers.'):
+            return int(name.split('.')[1]) + 1, num_layers
+        return num_layers - 1, num_layers
+
     def _token_params(self):
         """The position embedding (if any) and the class tokens."""
         names = ('pos_embed', ) + self.cls_token_names
