@@ -11,10 +11,10 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from mmvim.registry import MODELS
 from ..layers import (CLS_TOKEN_POSITIONS, RMSNorm, VimBlock, VimPatchEmbed,
                       apply_reference_rope, cls_token_indices,
-                      infer_square_grid, insert_cls_tokens, resize_pos_embed,
-                      rope_tables, split_cls_tokens)
-from .vim_checkpoint import (VimCheckpointError, checkpoint_state_dict,
-                             describe_vim_weights, vim_backbone_weights)
+                      insert_cls_tokens, resize_pos_embed, rope_tables,
+                      split_cls_tokens)
+from .vim_checkpoint import (check_vim_weights_fit, checkpoint_state_dict,
+                             fit_pos_embed, vim_backbone_weights)
 
 
 def lecun_normal_(weight):
@@ -317,19 +317,11 @@ class Vim(BaseModule):
                       f'{self._grid_text(self.grid_size)}', logger='current')
 
     def _fit_pos_embed(self, loaded, name='pos_embed'):
-        """A loaded pos_embed resized to this model's grid.
-
-        Returns (pos_embed, the source grid, or None when nothing was
-        resized: same grid, or a width mismatch load_state_dict reports).
-        """
-        if self.pos_embed is None or loaded.shape == self.pos_embed.shape \
-                or loaded.dim() != 3 or loaded.shape[-1] != self.embed_dims:
+        if self.pos_embed is None:
             return loaded, None
-        src_grid = infer_square_grid(loaded.shape[1] - self.num_cls_tokens,
-                                     name)
-        return resize_pos_embed(loaded, src_grid, self.grid_size,
-                                self.interpolate_mode,
-                                self.cls_token_position), src_grid
+        return fit_pos_embed(loaded, self.pos_embed.shape, self.grid_size,
+                             self.cls_token_position, self.interpolate_mode,
+                             name)
 
     def _grid_text(self, grid):
         indices = cls_token_indices(grid[0] * grid[1],
@@ -361,7 +353,11 @@ class Vim(BaseModule):
             checkpoint_path, map_location='cpu', logger='current')
         weights, dropped, layout = vim_backbone_weights(
             checkpoint_state_dict(checkpoint, use_ema))
-        self._check_weights_fit(weights, checkpoint_path)
+        check_vim_weights_fit(
+            weights, {k: v.shape for k, v in self.state_dict().items()},
+            (self.embed_dims, self.depth,
+             tuple(self.patch_embed.proj.weight.shape[-2:])), self.arch_zoo,
+            checkpoint_path)
 
         # resized here so that the one log line below says so
         src_grid = None
@@ -376,43 +372,6 @@ class Vim(BaseModule):
             f'Loaded Vim backbone from {checkpoint_path} ({layout} layout): '
             f'{len(weights)} tensors mapped, dropped {dropped_text}{resized}',
             logger='current')
-
-    def _check_weights_fit(self, weights, source):
-        own = self.state_dict()
-        missing = [k for k in own if k not in weights]
-        unexpected = [k for k in weights if k not in own]
-        mismatched = [
-            f'{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}'
-            for k in own if k in weights and k != 'pos_embed'
-            and weights[k].shape != own[k].shape
-        ]
-        pos = weights.get('pos_embed')
-        if pos is not None and 'pos_embed' in own and \
-                pos.shape[-1] != self.embed_dims:
-            mismatched.append(f'pos_embed {tuple(pos.shape)} vs '
-                              f'{tuple(own["pos_embed"].shape)}')
-        if not (missing or unexpected or mismatched):
-            return
-        embed_dims, depth, kernel = describe_vim_weights(weights)
-        problems = []
-        for title, keys in (('missing', missing), ('unexpected', unexpected),
-                            ('shape mismatch (checkpoint vs model)',
-                             mismatched)):
-            if keys:
-                shown = ', '.join(keys[:6]) + (' ...' if len(keys) > 6 else '')
-                problems.append(f'{title} ({len(keys)}): {shown}')
-        cause = (f'the checkpoint is a Vim with embed_dims={embed_dims}, '
-                 f'depth={depth}, patch kernel {kernel}; this backbone has '
-                 f'embed_dims={self.embed_dims}, depth={self.depth}, patch '
-                 f'kernel {tuple(self.patch_embed.proj.weight.shape[-2:])}')
-        if embed_dims != self.embed_dims or depth != self.depth:
-            matches = sorted(name for name, cfg in self.arch_zoo.items()
-                             if len(name) > 2 and cfg['embed_dims'] ==
-                             embed_dims and cfg['depth'] == depth)
-            cause += (f": set arch='{matches[0]}'" if matches else
-                      ': set arch to match the checkpoint')
-        raise VimCheckpointError(f'{source} does not fit this Vim backbone; '
-                         + '; '.join(problems) + f'. Likely cause: {cause}')
 
     # -------------------------------------------------------------- forward
     def forward(self, x):
