@@ -14,14 +14,21 @@ bash tools/setup_env.sh
 PY="${MMVIM_VENV:-$ROOT/.venv}/bin/python"
 WORK_DIR="${1:-work_dirs/demo_segmentation}"
 CONFIG=configs/vim/upernet_vim-tiny_1xb4-300it_synthetic-ade20k-128x128.py
-DATA=data/synthetic_ade20k
+DATA="${MMVIM_DEMO_DATA:-data/synthetic_ade20k}"
+# MMVIM_DEMO_DATA puts the generated data elsewhere; MMVIM_DEMO_ITERS=N trains
+# N iterations only (the tests run every demo this way, end to end)
+ITER_OPTIONS=()
+if [[ -n "${MMVIM_DEMO_ITERS:-}" ]]; then
+  ITER_OPTIONS=("train_cfg.max_iters=$MMVIM_DEMO_ITERS")
+fi
 DATA_OPTIONS=("train_dataloader.dataset.data_root=$DATA"
               "val_dataloader.dataset.data_root=$DATA"
               "test_dataloader.dataset.data_root=$DATA")
 
 start=$(date +%s)
 "$PY" tools/dataset_converters/make_synthetic_ade20k.py "$DATA"
-"$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" --cfg-options "${DATA_OPTIONS[@]}"
+"$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" --cfg-options "${DATA_OPTIONS[@]}" \
+  ${ITER_OPTIONS[@]+"${ITER_OPTIONS[@]}"}
 CKPT="$WORK_DIR/$(xargs basename < "$WORK_DIR/last_checkpoint")"
 "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK_DIR/test" \
   --show-dir "$WORK_DIR/test_overlays" --cfg-options "${DATA_OPTIONS[@]}" \
@@ -29,7 +36,8 @@ CKPT="$WORK_DIR/$(xargs basename < "$WORK_DIR/last_checkpoint")"
 for i in 1 2 3; do
   name=$(printf 'ADE_val_%08d' "$i")
   "$PY" tools/demo/image_demo.py "$DATA/images/validation/$name.jpg" "$CONFIG" \
-    "$CKPT" --out-file "$WORK_DIR/demo/$name.png"
+    "$CKPT" --gt "$DATA/annotations/validation/$name.png" \
+    --out-file "$WORK_DIR/demo/$name.png"
 done
 end=$(date +%s)
 "$PY" - "$WORK_DIR" "$((end - start))" "$CKPT" <<'PYEOF'

@@ -12,13 +12,20 @@ bash tools/setup_env.sh
 PY="${MMVIM_VENV:-$ROOT/.venv}/bin/python"
 WORK_DIR="${1:-work_dirs/demo_classification}"
 CONFIG=configs/vim/vim-tiny-p16_1xb32-200it_synthetic-in1k-64px.py
-DATA=data/synthetic_in1k
+DATA="${MMVIM_DEMO_DATA:-data/synthetic_in1k}"
+# MMVIM_DEMO_DATA puts the generated data elsewhere; MMVIM_DEMO_ITERS=N trains
+# N iterations only (the tests run every demo this way, end to end)
+ITER_OPTIONS=()
+if [[ -n "${MMVIM_DEMO_ITERS:-}" ]]; then
+  ITER_OPTIONS=("train_cfg.max_iters=$MMVIM_DEMO_ITERS")
+fi
 
 start=$(date +%s)
 "$PY" tools/dataset_converters/make_synthetic_imagenet.py "$DATA"
 "$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" \
   --cfg-options "train_dataloader.dataset.data_root=$DATA" \
-  "val_dataloader.dataset.data_root=$DATA" "test_dataloader.dataset.data_root=$DATA"
+  "val_dataloader.dataset.data_root=$DATA" "test_dataloader.dataset.data_root=$DATA" \
+  ${ITER_OPTIONS[@]+"${ITER_OPTIONS[@]}"}
 CKPT="$WORK_DIR/$(cat "$WORK_DIR/last_checkpoint" | xargs basename)"
 "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK_DIR/test" \
   --cfg-options "test_dataloader.dataset.data_root=$DATA" | tee "$WORK_DIR/test_metrics.txt"

@@ -14,7 +14,13 @@ bash tools/setup_env.sh
 PY="${MMVIM_VENV:-$ROOT/.venv}/bin/python"
 WORK_DIR="${1:-work_dirs/demo_detection}"
 CONFIG=configs/vim/cascade-mask-rcnn_vim-tiny-simplefpn_1xb2-300it_synthetic-coco-256x256.py
-DATA=data/synthetic_coco
+DATA="${MMVIM_DEMO_DATA:-data/synthetic_coco}"
+# MMVIM_DEMO_DATA puts the generated data elsewhere; MMVIM_DEMO_ITERS=N trains
+# N iterations only (the tests run every demo this way, end to end)
+ITER_OPTIONS=()
+if [[ -n "${MMVIM_DEMO_ITERS:-}" ]]; then
+  ITER_OPTIONS=("train_cfg.max_iters=$MMVIM_DEMO_ITERS")
+fi
 DATA_OPTIONS=("train_dataloader.dataset.data_root=$DATA/"
               "val_dataloader.dataset.data_root=$DATA/"
               "test_dataloader.dataset.data_root=$DATA/"
@@ -23,7 +29,8 @@ DATA_OPTIONS=("train_dataloader.dataset.data_root=$DATA/"
 
 start=$(date +%s)
 "$PY" tools/dataset_converters/make_synthetic_coco.py "$DATA"
-"$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" --cfg-options "${DATA_OPTIONS[@]}"
+"$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" --cfg-options "${DATA_OPTIONS[@]}" \
+  ${ITER_OPTIONS[@]+"${ITER_OPTIONS[@]}"}
 CKPT="$WORK_DIR/$(xargs basename < "$WORK_DIR/last_checkpoint")"
 "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK_DIR/test" \
   --show-dir "$WORK_DIR/test_overlays" --cfg-options "${DATA_OPTIONS[@]}" \

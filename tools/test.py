@@ -15,7 +15,8 @@ from mmengine.runner import Runner
 import mmvim  # noqa: F401  (registers the Vim modules, safe checkpoint loading)
 from mmvim.engine import (add_runner_args, check_data_roots,
                           config_from_args, exit_on_user_error,
-                          init_cpu_distributed, shutdown_distributed)
+                          init_cpu_distributed, quiet_known_warnings,
+                          shutdown_distributed)
 
 
 def parse_args():
@@ -52,6 +53,7 @@ def enable_overlays(cfg, show_dir):
 
 def main():
     args = parse_args()
+    quiet_known_warnings()
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise SystemExit('error: --out must be a .pkl or .pickle file')
     with exit_on_user_error():

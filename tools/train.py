@@ -13,7 +13,8 @@ from mmengine.runner import Runner
 import mmvim  # noqa: F401  (registers the Vim modules, safe checkpoint loading)
 from mmvim.engine import (add_runner_args, check_data_roots, check_load_from,
                           config_from_args, exit_on_user_error,
-                          init_cpu_distributed, shutdown_distributed)
+                          init_cpu_distributed, quiet_known_warnings,
+                          shutdown_distributed)
 
 
 def parse_args():
@@ -55,6 +56,7 @@ def apply_args(cfg, args):
 
 def main():
     args = parse_args()
+    quiet_known_warnings()
     with exit_on_user_error():
         cfg = apply_args(config_from_args(args), args)
         check_data_roots(cfg, loaders=('train_dataloader', 'val_dataloader'))

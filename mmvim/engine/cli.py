@@ -5,6 +5,7 @@ tracebacks are for bugs)."""
 import contextlib
 import os
 import os.path as osp
+import warnings
 
 from mmengine.config import Config, DictAction
 
@@ -62,3 +63,36 @@ def exit_on_user_error():
         yield
     except _user_errors() as error:
         raise SystemExit(f'error: {error}') from None
+
+
+# Third-party warnings the tools silence, each known and harmless here
+# (message start, module that issues it, why). Nothing else is filtered.
+KNOWN_WARNINGS = [
+    (r'``build_loss`` would be deprecated soon', r'mmseg\.models\.builder',
+     "mmseg's heads call mmseg's own deprecated builder"),
+    (r'Default ``avg_non_ignore`` is False', r'mmseg|mmdet',
+     "a notice in mmseg's / mmdet's CrossEntropyLoss about its default"),
+    (r'`reduce_zero_label` will be deprecated',
+     r'mmseg\.datasets\.transforms\.loading',
+     "mmseg's LoadAnnotations notice; the ADE20K configs set it on the "
+     'dataset'),
+    (r'Failed to add <class .*LocalVisBackend',
+     r'mmengine\.visualization\.visualizer',
+     'the visualizer is built before the run has a log folder; the runner '
+     'gives it one right after'),
+    (r'The draw is False', r'mmseg\.engine\.hooks\.visualization_hook',
+     "mmseg's default runtime has the (idle) visualization hook in training"),
+    (r'Warning: The (bbox|polygon) is out of bounds',
+     r'mmengine\.visualization\.visualizer',
+     "an overlay of a barely trained model's boxes reaching past the image"),
+    (r'To copy construct from a tensor',
+     r'mmdet\.models\.roi_heads\.mask_heads\.fcn_mask_head',
+     "torch's advice about a copy in mmdet's mask head"),
+]
+
+
+def quiet_known_warnings():
+    """Silence the third-party warnings of :data:`KNOWN_WARNINGS` (and only
+    those) in a command-line tool, so that its output reads as its story."""
+    for message, module, _ in KNOWN_WARNINGS:
+        warnings.filterwarnings('ignore', message=message, module=module)

@@ -10,6 +10,9 @@ import torch
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(ROOT, 'configs', 'vim',
                   'vim-tiny-p16_1xb32-200it_synthetic-in1k-64px.py')
+COCO_CONFIG = osp.join(
+    ROOT, 'configs', 'vim',
+    'cascade-mask-rcnn_vim-tiny-simplefpn_1xb2-300it_synthetic-coco-256x256.py')
 
 
 def _tool(*args):
@@ -44,7 +47,11 @@ def test_user_errors_print_the_message_alone(files):
         (('train.py', CONFIG, '--cfg-options',
           'train_dataloader.dataset.data_root=/nonexistent/in1k'),
          "train_dataloader.dataset.data_root='/nonexistent/in1k' does not "
-         'exist'),
+         'exist (ImageNet). To fix: put ImageNet-1k under DATA_ROOT'),
+        (('train.py', COCO_CONFIG, '--cfg-options',
+          'train_dataloader.dataset.data_root=/nonexistent/coco/'),
+         "train_dataloader.dataset.data_root='/nonexistent/coco/' does not "
+         'exist (CocoDataset). To fix: put COCO 2017 under DATA_ROOT'),
     ]
     for args, message in cases:
         result = _tool(*args)

@@ -88,6 +88,15 @@ def test_train_test_resume(dataset, small_config, tmp_path):
     assert 'resumed epoch: 0, iter: 2' in log
     assert osp.isfile(osp.join(work_dir, 'iter_4.pth'))
 
+    # --resume CKPT: an explicit checkpoint, into another work dir
+    other = str(tmp_path / 'explicit')
+    explicit = _tool('train.py', small_config, '--work-dir', other,
+                     '--resume', osp.join(work_dir, 'iter_2.pth'),
+                     *_options(dataset, 3))
+    assert explicit.returncode == 0, explicit.stderr[-3000:]
+    assert 'resumed epoch: 0, iter: 2' in explicit.stdout + explicit.stderr
+    assert osp.isfile(osp.join(other, 'iter_3.pth'))
+
 
 def test_bad_arguments_are_clear(dataset, tmp_path):
     missing = _tool('test.py', CONFIG, str(tmp_path / 'nope.pth'))
