@@ -167,7 +167,11 @@ def test_image_demo_draws_detections(coco, trained, tmp_path):
     demo = _run(osp.join(ROOT, 'tools', 'demo', 'image_demo.py'), image,
                 config, ckpt, '--out-file', out)
     assert demo.returncode == 0, demo.stderr[-3000:]
-    assert osp.isfile(out)
+    import cv2
+    drawn = cv2.imread(out)  # input and prediction, enlarged side by side
+    source = cv2.imread(image)
+    assert drawn.shape[0] > source.shape[0] and \
+        drawn.shape[1] > 2 * source.shape[1]
 
 
 def test_resume_continues_at_saved_iteration(coco, trained):

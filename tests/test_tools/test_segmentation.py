@@ -81,14 +81,26 @@ def test_resume_continues_at_saved_iteration(trained):
 def test_image_demo_draws_the_prediction(trained, tmp_path):
     data_root, _, ckpt = trained
     out = str(tmp_path / 'demo' / 'pred.png')
-    demo = _run(osp.join(ROOT, 'tools', 'demo', 'image_demo.py'),
-                osp.join(data_root, 'images', 'validation',
-                         'ADE_val_00000001.jpg'), CONFIG, ckpt,
+    source = osp.join(data_root, 'images', 'validation',
+                      'ADE_val_00000001.jpg')
+    demo = _run(osp.join(ROOT, 'tools', 'demo', 'image_demo.py'), source,
+                CONFIG, ckpt, '--gt', osp.join(data_root, 'annotations',
+                                               'validation',
+                                               'ADE_val_00000001.png'),
                 '--out-file', out)
     assert demo.returncode == 0, demo.stderr[-3000:]
     import cv2
+    import numpy as np
     image = cv2.imread(out)
-    assert image is not None and image.shape[:2] == (128, 128)
+    # input, prediction and ground truth: 128 px enlarged 3x (nearest)
+    # under a 28-px title bar, 8 px apart
+    assert image.shape[:2] == (28 + 384, 3 * 384 + 2 * 8)
+    enlarged = cv2.resize(cv2.imread(source), (384, 384),
+                          interpolation=cv2.INTER_NEAREST)
+    panels = [image[28:, k * 392:k * 392 + 384].astype(int) for k in range(3)]
+    assert np.abs(panels[0] - enlarged).max() <= 2  # png of the jpg's pixels
+    assert np.abs(panels[1] - enlarged).mean() > 5  # the prediction drawn
+    assert np.abs(panels[2] - enlarged).mean() > 5  # the ground truth drawn
 
 
 def test_missing_data_root_names_it_and_how_to_prepare(tmp_path):

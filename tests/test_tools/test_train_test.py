@@ -5,6 +5,7 @@ A 2-layer Vim keeps the runs short; the demo config is otherwise used as is
 """
 import glob
 import os.path as osp
+import pickle
 import re
 import subprocess
 import sys
@@ -77,8 +78,15 @@ def test_train_test_resume(dataset, small_config, tmp_path):
     test = _tool('test.py', small_config, ckpt, '--work-dir', str(tmp_path / 't'),
                  '--out', out, *_options(dataset, 2))
     assert test.returncode == 0, test.stderr[-3000:]
-    assert re.search(r"'accuracy/top1': [0-9.]+", test.stdout)
-    assert osp.isfile(out)
+    top1 = float(re.search(r"'accuracy/top1': ([0-9.]+)", test.stdout)[1])
+    # the dumped predictions: one per val image, and the printed top-1
+    # is theirs
+    with open(out, 'rb') as f:
+        preds = pickle.load(f)
+    with open(osp.join(dataset, 'meta', 'val.txt')) as f:
+        assert len(preds) == sum(1 for _ in f)
+    hits = [int(p['pred_label'][0]) == int(p['gt_label'][0]) for p in preds]
+    assert abs(100 * sum(hits) / len(hits) - top1) < 1e-3
 
     resumed = _tool('train.py', small_config, '--work-dir', work_dir,
                     '--resume',
