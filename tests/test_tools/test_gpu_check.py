@@ -222,6 +222,12 @@ def test_efficiency_plan_puts_the_paper_target_first(check):
     full = dict(check.efficiency_plan('full', 'timm'))
     assert full['ti-grow'][full['ti-grow'].index('--grow-step') + 1] == '256'
     assert '--scan-impl' in full['ti-target']
+    # Hier-Vim-T against Swin-T, last (the paper's Vim claims come first)
+    for mode in ('full', 'quick', 'dry-run'):
+        label, argv = check.efficiency_plan(mode, 'timm')[-1]
+        assert label == 'hier-backbone'
+        assert argv[argv.index('--models') + 1:][:2] == ['hier-vim-t',
+                                                         'swin-t']
     # training steps at a smaller batch
     assert full['ti-train'][full['ti-train'].index('--batch') + 1] == '8'
 

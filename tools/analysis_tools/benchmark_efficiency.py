@@ -158,10 +158,10 @@ def parse_args(argv=None):
                         "failed build or self-check an error; 'simt' runs "
                         'the CUDA sources on the CPU under emulation (slow)')
     parser.add_argument('--deit-impl', default='auto', choices=DEIT_IMPLS,
-                        help="which code builds DeiT: 'mmpretrain' "
-                        "(VisionTransformer), 'timm' (VisionTransformer with "
-                        "the DeiT shapes), 'auto': mmpretrain when it "
-                        'imports, else timm')
+                        help="which code builds DeiT and Swin-T: "
+                        "'mmpretrain' (VisionTransformer, SwinTransformer), "
+                        "'timm' (the same shapes in timm's), 'auto': "
+                        'mmpretrain when it imports, else timm')
     parser.add_argument('--time-budget', type=float,
                         help='seconds for the whole run: a row that would '
                         'not finish in time is not started (listed as '
@@ -377,7 +377,8 @@ def build_model(name, resolution, neck='none', depth=None, deit_impl='auto'):
         if neck != 'none':
             raise ValueError(f'{name}: hierarchical backbones run with neck '
                              "'none' only in this benchmark")
-        return BackboneWithNeck(build_hierarchical(spec, resolution, depth))
+        return BackboneWithNeck(build_hierarchical(spec, resolution, depth,
+                                                   deit_impl))
     if spec['family'] == 'vim':
         from mmvim.models import Vim
         arch = spec['arch'] if depth is None else dict(embed_dims=dims,
@@ -408,10 +409,29 @@ def build_model(name, resolution, neck='none', depth=None, deit_impl='auto'):
     return BackboneWithNeck(backbone, neck_module)
 
 
-def build_hierarchical(spec, resolution, depth=None):
-    """Hier-Vim or mmpretrain's Swin for ``resolution`` x ``resolution``
-    inputs, returning the last stage's normed map; ``depth`` caps the blocks
-    of every stage (smoke tests)."""
+class TimmSwin(torch.nn.Module):
+    """Swin-T from timm (``SwinTransformer``, Swin-T's shapes, windows of 7,
+    feature maps padded to whole windows) for the GPU machine, which has
+    timm and no mmpretrain: forward returns the last stage's normed map
+    (B, C, H, W), as mmpretrain's ``SwinTransformer(out_indices=(3, ))``."""
+
+    def __init__(self, img_size, depths=(2, 2, 6, 2)):
+        super().__init__()
+        from timm.models.swin_transformer import SwinTransformer
+        self.swin = SwinTransformer(
+            img_size=img_size, patch_size=4, window_size=7, embed_dim=96,
+            depths=tuple(depths), num_heads=(3, 6, 12, 24), num_classes=0,
+            drop_path_rate=0.)
+
+    def forward(self, x):
+        return (self.swin.forward_features(x).permute(0, 3, 1, 2), )
+
+
+def build_hierarchical(spec, resolution, depth=None, impl='auto'):
+    """Hier-Vim, or Swin-T from ``impl`` ('mmpretrain', 'timm' or 'auto',
+    as for DeiT), for ``resolution`` x ``resolution`` inputs, returning the
+    last stage's normed map; ``depth`` caps the blocks of every stage
+    (smoke tests)."""
     if spec['family'] == 'hier_vim':
         from mmvim.models import HierVim
         arch = spec['arch'] if depth is None else dict(
@@ -419,11 +439,11 @@ def build_hierarchical(spec, resolution, depth=None):
             depths=tuple(min(d, depth) for d in
                          HierVim.arch_zoo[spec['arch']]['depths']))
         return HierVim(arch, out_indices=(3, ), drop_path_rate=0.)
-    try:
-        from mmpretrain.models.backbones import SwinTransformer
-    except ImportError as err:
-        raise ImportError(f'the Swin rows need mmpretrain ({err}); leave '
-                          'swin-t out of --models') from None
+    if resolve_deit_impl(impl) == 'timm':
+        depths = [2, 2, 6, 2] if depth is None else \
+            [min(d, depth) for d in (2, 2, 6, 2)]
+        return TimmSwin(resolution, depths)
+    from mmpretrain.models.backbones import SwinTransformer
     arch = spec['arch']
     if depth is not None:
         arch = dict(SwinTransformer.arch_zoo[arch])
@@ -567,7 +587,7 @@ def resolutions_of(args, mode):
 def new_row(name, neck, dtype, mode, res, args, scan_impl):
     """What identifies a row: model, config, resolution, batch."""
     spec = MODEL_SPECS[name]
-    is_deit = spec['family'] == 'deit'
+    is_deit = spec['family'] in ('deit', 'swin')  # the timm / mmpretrain ones
     return dict(model=name, family=spec['family'],
                 attention=spec.get('attention'),
                 scan_impl=scan_impl if spec['family'] in ('vim', 'hier_vim')
@@ -880,7 +900,8 @@ def device_info(args, scan_impl):
         name = platform.processor() or platform.machine()
         threads = torch.get_num_threads()
         name = f"CPU {name}, {threads} thread{'s' if threads > 1 else ''}"
-    deit = any(MODEL_SPECS[m]['family'] == 'deit' for m in args.models)
+    deit = any(MODEL_SPECS[m]['family'] in ('deit', 'swin')
+               for m in args.models)
     return dict(
         device=args.device, device_name=name, torch=torch.__version__,
         threads=torch.get_num_threads(), scan_impl=scan_impl,

@@ -115,6 +115,9 @@ DRY_RUN_NOTES = {
 }
 TI = ['vim-ti', 'deit-ti-eager', 'deit-ti-sdpa']
 S = ['vim-s', 'deit-s-eager', 'deit-s-sdpa']
+# Hier-Vim-T against Swin-T (timm's on the GPU machine, which lacks
+# mmpretrain), last in every plan
+HIER = ['hier-vim-t', 'swin-t']
 
 
 # ------------------------------------------------------------ plain helpers
@@ -1014,6 +1017,8 @@ def efficiency_plan(mode, deit_impl):
             ('ti-grow', TI, 'none', 'inference', ['48'], ['float32'],
              ['--grow-step', '16', '--max-resolution', '64']),
             ('s-backbone', S, 'none', 'inference', ['32'], ['float32'], []),
+            ('hier-backbone', HIER, 'none', 'inference', ['64'],
+             ['float32'], []),
         ]
     else:
         common = ['--device', 'cuda', '--scan-impl', 'cuda', '--deit-impl',
@@ -1036,6 +1041,8 @@ def efficiency_plan(mode, deit_impl):
                  train),
                 ('s-backbone', S, 'none', 'inference', [target],
                  ['bfloat16'], []),
+                ('hier-backbone', HIER, 'none', 'inference',
+                 ['512', '1024'], ['bfloat16'], []),
             ]
         else:
             grids = [
@@ -1051,6 +1058,8 @@ def efficiency_plan(mode, deit_impl):
                 ('s-train', S, 'none', 'train', paper, both, train),
                 ('s-grow', S, 'none', 'inference',
                  [str(int(target) + 256)], both, grow),
+                ('hier-backbone', HIER, 'none', 'inference', paper, both,
+                 []),
             ]
     plan = []
     for label, models, neck, mode_, resolutions, dtypes, extra in grids:
