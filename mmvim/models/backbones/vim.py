@@ -411,6 +411,8 @@ class Vim(BaseModule):
                 branch = self._run(layer.residual_branch, stream)
                 if i in self.out_indices:
                     emit(i, stream + branch)
+                if i == self.depth - 1:
+                    break  # nothing follows the last layer
                 # the reference rotates each layer's output (and with
                 # rope_residual the residual) before the next layer adds it
                 residual = rope(stream) if self.rope_residual else stream
