@@ -53,6 +53,13 @@ DOWNSTREAM=(
   # DeiT for benchmark_efficiency.py --deit-impl timm: the GPU machine of
   # tools/gpu_check.sh has timm but no mmpretrain; tested against it here
   "timm==1.0.31"
+  # tools/deployment/pytorch2onnx.py: torch.onnx's exporter needs onnx and
+  # onnxscript; the tests run the exported models in ONNX Runtime (CPU)
+  "onnx==1.23.2"
+  "onnxscript==0.7.2"
+  "onnxruntime==1.32.0"
+  # mim train / test / search mmvim, the OpenMMLab front door
+  "openmim==0.3.9"
 )
 # the CUDA that the pinned torch wheel is built with; nvcc must match its major
 TORCH_CUDA_VERSION="13.0"
