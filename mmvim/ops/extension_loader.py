@@ -1,6 +1,8 @@
 """JIT build of mmvim's C++/CUDA ops with torch.utils.cpp_extension + ninja.
 
-Sources live in ``<repo>/ops/<op>/csrc``. Three kinds of build:
+Sources live in ``ops/<op>/csrc``: next to the package in a checkout,
+``mmvim/.mim/ops`` in an installed package (see
+:func:`find_ops_source_dir`). Three kinds of build:
 
 - ``cpu``: the C++ sources of the CPU kernel, with OpenMP;
 - ``cuda``: the CUDA sources with nvcc, for the visible GPU's architecture
@@ -36,8 +38,25 @@ EXTENSIONS_DIR_ENV = 'MMVIM_EXTENSIONS_DIR'
 # MMVIM_SIMT_SANITIZE=address builds the emulated kernels with
 # AddressSanitizer (the process must preload libasan; see the tests)
 SANITIZE_ENV = 'MMVIM_SIMT_SANITIZE'
-OPS_SOURCE_DIR = osp.join(
-    osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'ops')
+
+
+def find_ops_source_dir(package_dir):
+    """The folder holding the ops' C++/CUDA sources (``<op>/csrc``) for
+    the mmvim package at ``package_dir``.
+
+    An installed package (``pip install .`` or a wheel) carries them in
+    ``<package_dir>/.mim/ops`` (setup.py copies them there); a source
+    checkout, installed editable or not, has them in ``ops/`` beside the
+    package. The first of the two that exists, else the checkout's path
+    (the build then names the missing sources).
+    """
+    installed = osp.join(package_dir, '.mim', 'ops')
+    checkout = osp.join(osp.dirname(package_dir), 'ops')
+    return installed if osp.isdir(installed) else checkout
+
+
+OPS_SOURCE_DIR = find_ops_source_dir(
+    osp.dirname(osp.dirname(osp.abspath(__file__))))
 # without a GPU to ask: the A100 and H100 generations, and PTX that newer
 # GPUs compile at load time
 DEFAULT_CUDA_ARCHS = '8.0;9.0+PTX'
