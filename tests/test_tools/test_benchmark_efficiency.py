@@ -201,6 +201,27 @@ def test_vim_scan_total_matches_formula(flops):
     assert counted['params'] == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize('bidirectional,cls_token_position,directions,cls',
+                         [('none', 'middle', 1, 1), ('layers', None, 1, 0),
+                          ('ssm', 'double', 2, 2), ('ssm_conv', 'head', 2, 1)])
+def test_ablation_scans_are_counted(flops, bidirectional, cls_token_position,
+                                    directions, cls):
+    """Table 4 / 5 variants: the unidirectional mixers ('none', 'layers')
+    scan one direction, bimamba v1 ('ssm') two over a shared conv; the
+    class tokens add to the scanned sequence."""
+    from mmvim.models import Vim
+    model = Vim(dict(embed_dims=32, depth=2), img_size=64,
+                bidirectional=bidirectional,
+                cls_token_position=cls_token_position,
+                out_type='featmap').eval()
+    counted = flops.count_flops(model, (torch.randn(1, 3, 64, 96), ))
+    formula, tokens = flops.vim_ssm_flops_by_formula(model, (64, 96))
+    assert tokens == 4 * 6 + cls
+    assert formula == 2 * directions * 4 * tokens * 64 * 16
+    assert counted['by_operator']['selective_scan'] == formula
+    assert not any('SelectiveScan' in op for op in counted['uncounted'])
+
+
 def test_get_flops_on_a_config(flops, capsys, tmp_path):
     config = osp.join(ROOT, 'configs', 'vim',
                       'vim-tiny-p16_1xb32-200it_synthetic-in1k-64px.py')

@@ -45,6 +45,20 @@ def test_get_flops_on_the_hier_vim_config(tmp_path, capsys):
     assert 'hier-vim-tiny_1xb32' in capsys.readouterr().out
 
 
+@pytest.mark.parametrize('config,shape', [
+    ('hier-vim-tiny_8xb128_in1k.py', (224, 224)),
+    ('upernet_hier-vim-tiny_8xb2-160k_ade20k-512x512.py', (512, 512)),
+    ('mask-rcnn_hier-vim-tiny_fpn_1x_coco.py', (800, 1333)),
+])
+def test_get_flops_counts_hier_vim_at_the_configs_input(config, shape):
+    """Hier-Vim has no img_size: FLOPs at the crop of a segmentation
+    config, the test scale of a detection config, else 224."""
+    from mmengine.config import Config
+    flops = analysis_tool('get_flops')
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'hier_vim', config))
+    assert flops.config_input_shape(cfg) == shape
+
+
 def test_benchmark_times_hier_vim_against_swin(tmp_path, capsys):
     bench = analysis_tool('benchmark_efficiency')
     for name in ('hier-vim-t', 'swin-t'):

@@ -5,7 +5,9 @@
 
 Without CONFIGs: every ``configs/vim/*.py`` and ``configs/hier_vim/*.py``. Each model is built from its
 config (no weights loaded) and traced on one image of ``--shape`` (default:
-the backbone's ``img_size``, the resolution the config is made for) with
+the resolution the config is made for: the backbone's ``img_size``; for a
+backbone without one, the crop of a segmentation config or the test scale
+of a detection config, else 224) with
 mmengine's ``FlopAnalyzer``: the fvcore convention, one multiply-add is one
 FLOP and elementwise ops are not counted. The backbone is reported alone,
 and downstream models as a whole too (forward in ``mode='tensor'``).
@@ -14,12 +16,14 @@ A FLOP counter sees no further than the traced graph: the selective scan is
 an autograd Function around a C++/CUDA kernel (or, for the reference, a
 Python loop whose elementwise ops the counter ignores), so it would count
 zero. Here every mixer's scan goes through one traced op,
-``BiSelectiveScanCount``, whose handle counts the paper's SSM cost per
-direction, ``3 M E N`` (discretisation and state update) + ``M E N``
-(output), M tokens, E = expand * D inner channels, N states; Vim scans both
-directions. The scan total is checked against the same formula evaluated
-from the config alone (depth, tokens of the patch grid, D, N; for
-Hier-Vim per stage, its blocks scanning all tokens of the stage's map).
+``BiSelectiveScanCount`` (both directions) or ``SelectiveScanCount`` (the
+unidirectional mixers of the ablations), whose handle counts the paper's
+SSM cost per direction, ``3 M E N`` (discretisation and state update) +
+``M E N`` (output), M tokens, E = expand * D inner channels, N states. The
+scan total is checked against the same formula evaluated from the config
+alone (depth, directions, tokens of the patch grid plus class tokens, D,
+N; for Hier-Vim per stage, its blocks scanning all tokens of the stage's
+map).
 """
 import argparse
 import contextlib
@@ -35,6 +39,7 @@ import torch.nn as nn
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SCAN_OP = 'prim::PythonOp.BiSelectiveScanCount'
+UNI_SCAN_OP = 'prim::PythonOp.SelectiveScanCount'
 # the kernel's own autograd Functions, traced as nested nodes inside
 # BiSelectiveScanCount (counted there) or, if called directly, one direction
 KERNEL_SCAN_OP = 'prim::PythonOp.SelectiveScanFn'
@@ -76,6 +81,15 @@ def _bi_scan_flop_jit(inputs, outputs):
     return 2 * ssm_flops(tokens, inner, d_state, batch)
 
 
+def _scan_flop_jit(inputs, outputs):
+    """Handle of SelectiveScanCount: u (b, E, L), A (E, N); one
+    direction."""
+    from mmengine.analysis.jit_handles import get_shape
+    batch, inner, tokens = get_shape(inputs[0])
+    d_state = get_shape(inputs[2])[1]
+    return ssm_flops(tokens, inner, d_state, batch)
+
+
 def _counted_around(inputs, outputs):
     """Handle of the kernel's SelectiveScanFn, traced nested inside
     BiSelectiveScanCount, which counts it (a handle of None would not
@@ -107,21 +121,43 @@ def _counted_bi_selective_scan(u, delta, A, B, C, D, u_b, delta_b, A_b, B_b,
                                       divide_out)
 
 
+class SelectiveScanCount(torch.autograd.Function):
+    """``selective_scan`` (one direction) as one traced node."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        from mmvim.ops import selective_scan
+        return selective_scan(u, delta, A, B, C, D, z=z,
+                              delta_bias=delta_bias,
+                              delta_softplus=delta_softplus)
+
+
+def _counted_selective_scan(u, delta, A, B, C, D=None, z=None,
+                            delta_bias=None, delta_softplus=False):
+    return SelectiveScanCount.apply(u, delta, A, B, C, D, z, delta_bias,
+                                    delta_softplus)
+
+
 @contextlib.contextmanager
 def counted_scan():
     """Route every ``BiMambaMixer`` through its readable path (so that the
     tracer sees each linear layer and conv, which the fused kernel path
-    hides inside one autograd function) with the scan as one counted node
-    (for tracing only: no backward)."""
+    hides inside one autograd function) with each scan as one counted node
+    (for tracing only: no backward): the reference path of Vim's mixer and
+    the shared-conv paths of the ablations ('ssm', 'none')."""
     from mmvim.models.layers import bimamba_mixer
-    saved = bimamba_mixer.select_scan_impl, bimamba_mixer.bi_selective_scan_ref
-    bimamba_mixer.select_scan_impl = lambda device: 'ref'
-    bimamba_mixer.bi_selective_scan_ref = _counted_bi_selective_scan
+    counted = dict(select_scan_impl=lambda device: 'ref',
+                   bi_selective_scan_ref=_counted_bi_selective_scan,
+                   bi_selective_scan=_counted_bi_selective_scan,
+                   selective_scan=_counted_selective_scan)
+    saved = {name: getattr(bimamba_mixer, name) for name in counted}
+    for name, value in counted.items():
+        setattr(bimamba_mixer, name, value)
     try:
         yield
     finally:
-        bimamba_mixer.select_scan_impl, bimamba_mixer.bi_selective_scan_ref = \
-            saved
+        for name, value in saved.items():
+            setattr(bimamba_mixer, name, value)
 
 
 def count_flops(model, inputs):
@@ -135,27 +171,34 @@ def count_flops(model, inputs):
     with counted_scan(), torch.no_grad():
         analyzer = FlopAnalyzer(model, inputs)
         analyzer.set_op_handle(**{SCAN_OP: _bi_scan_flop_jit,
+                                  UNI_SCAN_OP: _scan_flop_jit,
                                   KERNEL_SCAN_OP: _counted_around})
         analyzer.unsupported_ops_warnings(False)
         analyzer.uncalled_modules_warnings(False)
         by_operator = dict(analyzer.by_operator())
         total = analyzer.total()
         uncounted = dict(analyzer.unsupported_ops())
-    if 'PythonOp.BiSelectiveScanCount' in by_operator:
-        by_operator['selective_scan'] = by_operator.pop(
-            'PythonOp.BiSelectiveScanCount')
+    scans = [by_operator.pop(op) for op in (
+        'PythonOp.BiSelectiveScanCount', 'PythonOp.SelectiveScanCount')
+        if op in by_operator]
+    if scans:
+        by_operator['selective_scan'] = sum(scans)
     return dict(flops=total, by_operator=by_operator,
                 params=parameter_count(model)[''], uncounted=uncounted)
 
 
 def vim_ssm_flops_by_formula(backbone, shape, batch=1):
     """The paper's formula for a Vim backbone at input ``shape`` (H, W):
-    depth x 2 directions x (3 M E N + M E N), M = patches + class token."""
+    depth x directions x (3 M E N + M E N), M = patches + class tokens
+    (0, 1 or 2), two directions for the bidirectional mixers ('ssm_conv',
+    'ssm'), one for the unidirectional ones ('none', and 'layers', whose
+    layers scan one direction each)."""
     grid = backbone.patch_embed.grid_size(tuple(shape))
-    tokens = grid[0] * grid[1] + 1
+    tokens = grid[0] * grid[1] + backbone.num_cls_tokens
     mixer = backbone.layers[0].mixer
-    return backbone.depth * 2 * ssm_flops(tokens, mixer.d_inner,
-                                          mixer.d_state, batch), tokens
+    directions = 2 if mixer.bidirectional in ('ssm_conv', 'ssm') else 1
+    return backbone.depth * directions * ssm_flops(
+        tokens, mixer.d_inner, mixer.d_state, batch), tokens
 
 
 def hier_vim_ssm_flops_by_formula(backbone, shape, batch=1):
@@ -210,19 +253,38 @@ def build_from_config(path):
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     model = MODELS.build(cfg.model)
     model.eval()
-    return model
+    return model, cfg
 
 
-def input_shape(model, shape):
+def config_input_shape(cfg):
+    """(H, W) a config is made for, for backbones without an ``img_size``:
+    the crop of a segmentation config (its data preprocessor's ``size``),
+    the test scale of a detection config (its test ``Resize``), else
+    ImageNet's 224."""
+    size = cfg.model.get('data_preprocessor', {}).get('size')
+    if size:
+        return tuple(size)
+    pipeline = cfg.get('test_dataloader', {}).get('dataset', {}).get(
+        'pipeline', [])
+    for step in pipeline:
+        if step.get('type') == 'Resize' and step.get('scale'):
+            width, height = step['scale']  # mmcv scales are (w, h)
+            return (height, width)
+    return (224, 224)
+
+
+def input_shape(model, shape, cfg=None):
     if shape:
         return (shape[0], shape[-1])
-    # hierarchical backbones take any size: ImageNet's 224 unless told
-    return tuple(getattr(model.backbone, 'img_size', (224, 224)))
+    if hasattr(model.backbone, 'img_size'):
+        return tuple(model.backbone.img_size)
+    # hierarchical backbones take any size: what the config is made for
+    return config_input_shape(cfg) if cfg is not None else (224, 224)
 
 
 def analyse_config(path, shape=None, backbone_only=False):
-    model = build_from_config(path)
-    hw = input_shape(model, shape)
+    model, cfg = build_from_config(path)
+    hw = input_shape(model, shape, cfg)
     x = torch.randn(1, 3, *hw)
     backbone = count_flops(model.backbone, (x, ))
     result = dict(config=osp.relpath(path, ROOT) if path.startswith(ROOT)
@@ -266,7 +328,7 @@ def print_table(results):
         if 'model_error' in r:
             print(f"    whole model not traced: {r['model_error']}")
     print('\nbb = backbone; GFLOPs count one multiply-add as one FLOP; '
-          'scan = selective scan counted in the trace, formula = depth x 2 '
+          'scan = selective scan counted in the trace, formula = depth x '
           'directions x (3MEN + MEN)')
 
 
