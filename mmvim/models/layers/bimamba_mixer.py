@@ -4,9 +4,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmvim.ops import (bi_selective_scan, bi_selective_scan_ref,
-                       bimamba_inner, causal_conv1d, select_scan_impl,
-                       selective_scan)
+from mmvim.ops import (bi_selective_scan, bi_selective_scan_onnx,
+                       bi_selective_scan_ref, bimamba_inner, causal_conv1d,
+                       select_scan_impl, selective_scan,
+                       selective_scan_onnx)
 
 # the mixer's ``bidirectional`` options: the released Vim ('ssm_conv', the
 # reference's bimamba v2), the backward SSM sharing the forward conv and
@@ -44,6 +45,14 @@ class BiMambaMixer(nn.Module):
             ``out = out_proj((y_fwd + y_bwd) * silu(z))``, never halved);
             'none' (Mamba's unidirectional mixer, Table 4 "None":
             ``out_proj(y_fwd * silu(z))``, no ``*_b`` parameters).
+
+    Attributes:
+        onnx_scan (bool): False (default): the scans run on the compiled
+            kernel of the device (or the reference); True: as
+            :func:`selective_scan_onnx`, one ``scan`` over the tokens that
+            the ONNX exporter writes as the standard ``Scan`` operator (set
+            on a model being exported, see
+            :func:`mmvim.deployment.prepare_for_onnx_export`).
     """
 
     def __init__(self,
@@ -94,6 +103,7 @@ class BiMambaMixer(nn.Module):
             self.A_b_log = nn.Parameter(A_log.clone())
         self._dt_range = (dt_min, dt_max, dt_init_floor)
         self.reset_dt_parameters()
+        self.onnx_scan = False
 
     def _dt_projs(self):
         return [self.dt_proj] + ([self.dt_proj_b] if hasattr(
@@ -128,6 +138,9 @@ class BiMambaMixer(nn.Module):
         xz = self.in_proj(hidden)  # (b, L, 2E), token-major throughout
         if self.bidirectional != 'ssm_conv':
             return self.out_proj(self._forward_shared_conv(xz))
+        if self.onnx_scan:
+            return self.out_proj(
+                self._forward_own_convs(xz, bi_selective_scan_onnx))
         impl = select_scan_impl(xz.device)
         if impl == 'ref':
             y = self.forward_reference(xz)
@@ -155,19 +168,28 @@ class BiMambaMixer(nn.Module):
         delta, B, C = self._ssm_inputs(u, self.x_proj, self.dt_proj)
         A, D = -torch.exp(self.A_log.float()), self.D.float()
         bias = self.dt_proj.bias.float()
+        scan, bi_scan = ((selective_scan_onnx, bi_selective_scan_onnx)
+                         if self.onnx_scan else
+                         (selective_scan, bi_selective_scan))
         if self.bidirectional == 'none':
-            y = selective_scan(u, delta, A, B, C, D, z=z, delta_bias=bias,
-                               delta_softplus=True)
+            y = scan(u, delta, A, B, C, D, z=z, delta_bias=bias,
+                     delta_softplus=True)
         else:  # the backward scan reads the same inputs right to left
-            y = bi_selective_scan(u, delta, A, B, C, D, u, delta,
-                                  -torch.exp(self.A_b_log.float()), B, C, D,
-                                  z=z, delta_bias=bias, delta_bias_b=bias,
-                                  delta_softplus=True, divide_out=False)
+            y = bi_scan(u, delta, A, B, C, D, u, delta,
+                        -torch.exp(self.A_b_log.float()), B, C, D, z=z,
+                        delta_bias=bias, delta_bias_b=bias,
+                        delta_softplus=True, divide_out=False)
         return y.transpose(1, 2)
 
     def forward_reference(self, xz):
         """The readable path, pure PyTorch: xz (b, L, 2E) -> the gated
         (b, L, E) that out_proj takes, through the reference scan."""
+        return self._forward_own_convs(xz, bi_selective_scan_ref)
+
+    def _forward_own_convs(self, xz, bi_scan):
+        """'ssm_conv' in PyTorch, each direction with its conv and
+        projections, the scans by ``bi_scan`` (a :func:`bi_selective_scan_ref`
+        alike): xz (b, L, 2E) -> the gated (b, L, E) that out_proj takes."""
         x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (b, E, L) each
         x_f = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, 'silu')
         x_b = causal_conv1d(x, self.conv1d_b.weight, self.conv1d_b.bias,
@@ -175,7 +197,7 @@ class BiMambaMixer(nn.Module):
         delta_f, B_f, C_f = self._ssm_inputs(x_f, self.x_proj, self.dt_proj)
         delta_b, B_b, C_b = self._ssm_inputs(x_b, self.x_proj_b,
                                              self.dt_proj_b)
-        y = bi_selective_scan_ref(
+        y = bi_scan(
             x_f, delta_f, -torch.exp(self.A_log.float()), B_f, C_f,
             self.D.float(), x_b, delta_b, -torch.exp(self.A_b_log.float()),
             B_b, C_b, self.D_b.float(),
