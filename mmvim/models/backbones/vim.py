@@ -194,6 +194,10 @@ class Vim(BaseModule):
             self.embed_dims)) if with_pos_embed else None
         self.pos_drop = nn.Dropout(p=drop_rate)
         self._register_load_state_dict_pre_hook(self._resize_loaded_pos_embed)
+        # set for an ONNX export with dynamic input sizes: the graph then
+        # resizes the position embedding for every input grid (an identity
+        # on the img_size grid) instead of keeping the traced input's branch
+        self.always_resize_pos_embed = False
 
         dpr = torch.linspace(0, drop_path_rate, self.depth,
                              device='cpu').tolist()
@@ -331,6 +335,10 @@ class Vim(BaseModule):
         return f'{grid[0]}x{grid[1]} grid{where}'
 
     def _pos_embed_for(self, grid):
+        if self.always_resize_pos_embed:
+            return resize_pos_embed(self.pos_embed, self.grid_size, grid,
+                                    self.interpolate_mode,
+                                    self.cls_token_position, always=True)
         if tuple(grid) == self.grid_size:
             return self.pos_embed
         return resize_pos_embed(self.pos_embed, self.grid_size, grid,

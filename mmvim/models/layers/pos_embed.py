@@ -75,7 +75,7 @@ def infer_square_grid(num_patches, what='pos_embed'):
 
 
 def resize_pos_embed(pos_embed, src_grid, dst_grid, mode='bicubic',
-                     cls_position='middle'):
+                     cls_position='middle', always=False):
     """Resize a position embedding whose class-token rows sit where
     ``cls_position`` puts them (the released models: one row at ``J // 2``).
 
@@ -89,6 +89,9 @@ def resize_pos_embed(pos_embed, src_grid, dst_grid, mode='bicubic',
         src_grid, dst_grid: (rows, cols) of the patch grids.
         mode: interpolation mode of ``F.interpolate``.
         cls_position: 'middle', 'head', 'double' or None.
+        always: interpolate also when the grids are equal (an identity),
+            for a graph traced with symbolic grid sizes, which cannot be
+            compared with the source grid.
     Returns:
         (1, J' + k, D), J' = dst_grid[0] * dst_grid[1].
     """
@@ -100,7 +103,7 @@ def resize_pos_embed(pos_embed, src_grid, dst_grid, mode='bicubic',
             f'pos_embed has {pos_embed.shape[1]} rows, expected '
             f'{num_src + num_cls} for a {src_grid[0]}x{src_grid[1]} grid '
             f'plus {num_cls} class token row(s)')
-    if src_grid == dst_grid:
+    if not always and src_grid == dst_grid:
         return pos_embed
     patches, cls_rows = split_cls_tokens(pos_embed, cls_position)
     dim = patches.shape[-1]
