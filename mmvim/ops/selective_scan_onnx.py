@@ -28,7 +28,6 @@ Shapes: batch b, channels E, state size N, tokens L, groups G.
 """
 import torch
 import torch.nn.functional as F
-from torch._higher_order_ops.scan import scan
 
 
 def softplus(x):
@@ -89,6 +88,9 @@ def _scan_tokens(delta, u, A, B, C):
     (..., E, N). The decay and input terms of all tokens are computed
     before the scan, which then runs a multiply-add and a dot product per
     token."""
+    # imported here: a prototype that only the export uses, so that
+    # ``import mmvim`` works with a torch that lacks it (e.g. gpu_check)
+    from torch._higher_order_ops.scan import scan
     decay = torch.exp(delta * A)  # (L, ..., E, N)
     inputs = delta * u * B
     C = C.expand(decay.shape[:-2] + C.shape[-2:])
