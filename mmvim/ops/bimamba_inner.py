@@ -13,24 +13,30 @@ From ``xz`` (b, L, 2E), the output of the mixer's in_proj, to the gated
 
 The kernel reads x, z (halves of xz), B, C (slices of x_proj's output) and
 delta where they are and computes the conv again itself, so u is used only
-to feed x_proj and then freed: the function saves xz and the scan's tile
-states for backward, nothing else of size b * L * E. The backward
-recomputes u, delta, B and C (the conv and two thin matmuls) and takes the
-gradients of that part with autograd.
+to feed x_proj and then freed: the operator saves xz and the scan's tile
+states for backward, nothing else of size b * L * E. Its backward recomputes
+u, delta, B and C (the conv and two thin matmuls) and differentiates that
+part by explicit formulas (no autograd inside a backward, so that
+``torch.compile`` and ``torch.export`` trace it).
+
+The function is the operator ``torch.ops.mmvim.bimamba_inner`` (defined
+with ``torch.library.custom_op`` when a kernel is first built), with a fake
+implementation and its autograd formula registered.
 """
 import torch
 import torch.nn.functional as F
 
-from .causal_conv1d import causal_conv1d_silu_tokens
-from .selective_scan_kernel import compute_dtypes, kernel_module
+from .causal_conv1d import causal_conv1d_silu_tokens, conv_silu_backward
+from .selective_scan_kernel import compute_dtypes, kernel_ops
 
 # per direction: conv weight, conv bias, x_proj weight, dt_proj weight,
 # dt_proj bias, A_log, D
 PARAMS_PER_DIRECTION = 7
+OP_NAME = 'mmvim::bimamba_inner'
 
 
 def _prepare(x, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-             dt_rank, d_state, reverse, kind):
+             dt_rank, reverse, kind):
     """(u, x_dbl, delta) of one direction; x: (b, L, E) token-major; the
     conv + SiLU in one pass of the kernel ``kind``."""
     u = causal_conv1d_silu_tokens(x, conv_weight, conv_bias, reverse, kind)
@@ -52,93 +58,126 @@ def _kernel_direction(x, x_dbl, delta, params, dt_rank, d_state, data,
             dt_bias.to(weight)]
 
 
-def _autocast_state(device_type):
-    return (torch.is_autocast_enabled(device_type),
-            torch.get_autocast_dtype(device_type))
+def _directions(params):
+    n = PARAMS_PER_DIRECTION
+    return [params[:n], params[n:2 * n]]
 
 
-class BiMambaInnerFn(torch.autograd.Function):
+def _forward(xz, params, dt_rank, d_state, scale, kind):
+    """(out (b, L, E) in xz's dtype, the scan's states)."""
+    dim = xz.shape[-1] // 2
+    x, z = xz[..., :dim], xz[..., dim:]
+    data, weight = compute_dtypes(kind, xz)
+    kernel_dirs = []
+    for k, p in enumerate(_directions(params)):
+        _, x_dbl, delta = _prepare(x, p[0], p[1], p[2], p[3], dt_rank, k == 1,
+                                   kind)
+        kernel_dirs += _kernel_direction(x, x_dbl, delta, p, dt_rank,
+                                         d_state, data, weight)
+    out, states, _ = kernel_ops(kind).scan_fwd(*kernel_dirs, z.to(data),
+                                               False, True, scale, False)
+    return out.to(xz.dtype), states
 
-    @staticmethod
-    def forward(ctx, xz, dt_rank, d_state, divide_out, kind, *params):
-        dim = xz.shape[-1] // 2
-        x, z = xz[..., :dim], xz[..., dim:]
-        data, weight = compute_dtypes(kind, xz)
-        directions = []
-        for k in range(2):
-            p = params[PARAMS_PER_DIRECTION * k:PARAMS_PER_DIRECTION * (k + 1)]
-            _, x_dbl, delta = _prepare(x, p[0], p[1], p[2], p[3], dt_rank,
-                                       d_state, k == 1, kind)
-            directions.append(_kernel_direction(x, x_dbl, delta, p, dt_rank,
-                                                d_state, data, weight))
-        scale = 0.5 if divide_out else 1.0
-        out, states, _ = kernel_module(kind).scan_fwd(
-            directions, [False, True], z.to(data), True, scale, False)
-        ctx.save_for_backward(xz, states, *params)
-        ctx.options = dict(dt_rank=dt_rank, d_state=d_state, scale=scale,
-                           kind=kind,
-                           autocast=_autocast_state(xz.device.type))
-        return out.to(xz.dtype)
 
-    @staticmethod
-    def backward(ctx, dout):
-        xz, states, *params = ctx.saved_tensors
-        opts = ctx.options
-        dt_rank, d_state = opts['dt_rank'], opts['d_state']
-        dim = xz.shape[-1] // 2
-        data, weight = compute_dtypes(opts['kind'], xz)
-        x = xz[..., :dim].detach().requires_grad_(True)
-        z = xz[..., dim:]
-        enabled, dtype = opts['autocast']
-        # the forward's x_proj / dt_proj part again, with autograd, under
-        # the forward's autocast
-        with torch.enable_grad(), torch.autocast(xz.device.type, dtype,
-                                                 enabled=enabled):
-            prepared = []
-            for k in range(2):
-                p = params[PARAMS_PER_DIRECTION * k:
-                           PARAMS_PER_DIRECTION * (k + 1)]
-                prepared.append(_prepare(x, p[0], p[1], p[2], p[3], dt_rank,
-                                         d_state, k == 1, opts['kind']))
-        directions = []
-        for k, (_, x_dbl, delta) in enumerate(prepared):
-            p = params[PARAMS_PER_DIRECTION * k:PARAMS_PER_DIRECTION * (k + 1)]
-            directions.append(_kernel_direction(
-                x.detach(), x_dbl.detach(), delta.detach(), p, dt_rank,
-                d_state, data, weight))
-        *grads, dz = kernel_module(opts['kind']).scan_bwd(
-            directions, [False, True], z.to(data),
-            dout.to(data).contiguous(), states, True, opts['scale'])
-        # back through u, x_proj and dt_proj with autograd
-        outputs, grad_outputs, inputs = [], [], [x]
-        param_grads = [None] * len(params)
-        for k, (u, x_dbl, delta) in enumerate(prepared):
-            du, ddelta, dA, dB, dC, dD, dbias = grads[7 * k:7 * k + 7]
-            base = PARAMS_PER_DIRECTION * k
-            conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D = \
-                params[base:base + PARAMS_PER_DIRECTION]
-            dx_dbl = torch.cat([torch.zeros_like(x_dbl[..., :dt_rank]),
-                                dB.squeeze(2).to(x_dbl.dtype),
-                                dC.squeeze(2).to(x_dbl.dtype)], dim=-1)
-            outputs += [u, x_dbl, delta]
-            grad_outputs += [du.to(u.dtype), dx_dbl, ddelta.to(delta.dtype)]
-            inputs += [p for p in (conv_w, conv_b, x_proj_w, dt_proj_w)
-                       if p is not None]
+def _fake(xz, params, dt_rank, d_state, scale, kind):
+    batch, length, dim2 = xz.shape
+    x = xz.new_empty((batch, length, dim2 // 2))
+    data, weight = compute_dtypes(kind, xz)
+    p = params[:PARAMS_PER_DIRECTION]
+    kernel_dirs = [x.to(data), p[0].reshape(p[0].shape[0], -1), p[1],
+                   x.to(data), p[5].to(weight),
+                   xz.new_empty((batch, length, 1, d_state), dtype=data),
+                   xz.new_empty((batch, length, 1, d_state), dtype=data),
+                   p[6], p[4]] * 2
+    out, states, _ = kernel_ops(kind).scan_fwd(*kernel_dirs, x.to(data),
+                                               False, True, scale, False)
+    return out.to(xz.dtype), states
+
+
+def _setup_context(ctx, inputs, output):
+    xz, params, dt_rank, d_state, scale, kind = inputs
+    _, states = output
+    ctx.mark_non_differentiable(states)
+    ctx.save_for_backward(xz, states, *params)
+    device = xz.device.type
+    ctx.options = dict(dt_rank=dt_rank, d_state=d_state, scale=scale,
+                       kind=kind,
+                       autocast=(torch.is_autocast_enabled(device),
+                                 torch.get_autocast_dtype(device)))
+
+
+def _linear_grads(dy, x, weight):
+    """y = x @ weight.T: (dx, dweight) for dy, in dy's compute dtype."""
+    return dy @ weight.to(dy.dtype), (dy.flatten(0, -2).T @ x.to(
+        dy.dtype).flatten(0, -2))
+
+
+def _backward(ctx, dout, dstates):
+    xz, states, *params = ctx.saved_tensors
+    opts = ctx.options
+    dt_rank, d_state, kind = opts['dt_rank'], opts['d_state'], opts['kind']
+    dim = xz.shape[-1] // 2
+    x, z = xz[..., :dim], xz[..., dim:]
+    data, weight = compute_dtypes(kind, xz)
+    enabled, autocast_dtype = opts['autocast']
+    # the forward's input side again, under the forward's autocast
+    with torch.autocast(xz.device.type, autocast_dtype, enabled=enabled):
+        prepared = [
+            _prepare(x, p[0], p[1], p[2], p[3], dt_rank, k == 1, kind)
+            for k, p in enumerate(_directions(params))
+        ]
+    kernel_dirs = []
+    for (_, x_dbl, delta), p in zip(prepared, _directions(params)):
+        kernel_dirs += _kernel_direction(x, x_dbl, delta, p, dt_rank,
+                                         d_state, data, weight)
+    *grads, dz = kernel_ops(kind).scan_bwd(
+        *kernel_dirs, z.to(data), dout.to(data).contiguous(), states, False,
+        True, opts['scale'])
+    dx = torch.zeros_like(x, dtype=torch.promote_types(x.dtype,
+                                                       torch.float32))
+    param_grads = []
+    for k, ((u, x_dbl, delta), p) in enumerate(
+            zip(prepared, _directions(params))):
+        du, ddelta, dA, dB, dC, dD, dbias = grads[7 * k:7 * k + 7]
+        conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log, D = p
+        compute = x_dbl.dtype  # what the forward's matmuls ran in
+        # delta = dt @ dt_proj.T, dt = x_dbl[..., :R]
+        d_dt, d_dt_proj = _linear_grads(ddelta.to(compute),
+                                        x_dbl[..., :dt_rank], dt_proj_w)
+        dx_dbl = torch.cat([d_dt, dB.squeeze(2).to(compute),
+                            dC.squeeze(2).to(compute)], dim=-1)
+        # x_dbl = u @ x_proj.T; the scan's own du adds to u's gradient
+        du_proj, d_x_proj = _linear_grads(dx_dbl, u, x_proj_w)
+        dx_k, d_conv_w, d_conv_b = conv_silu_backward(
+            x, conv_w, conv_b, k == 1, du.to(dx.dtype) + du_proj.to(dx.dtype))
+        dx += dx_k
+        param_grads += [
+            d_conv_w, d_conv_b,
+            d_x_proj.to(x_proj_w.dtype), d_dt_proj.to(dt_proj_w.dtype),
+            dbias.to(dt_bias.dtype),
             # A = -exp(A_log): dA_log = dA * A
-            param_grads[base + 5] = (dA * -torch.exp(A_log.float())).to(
-                A_log.dtype)
-            param_grads[base + 6] = dD.to(D.dtype)
-            param_grads[base + 4] = dbias.to(dt_bias.dtype)
-        found = torch.autograd.grad(outputs, inputs, grad_outputs,
-                                    allow_unused=True)
-        dx, found = found[0], list(found[1:])
-        for k in range(2):
-            base = PARAMS_PER_DIRECTION * k
-            for i in range(4):
-                if params[base + i] is not None:
-                    param_grads[base + i] = found.pop(0)
-        dxz = torch.cat([dx.to(xz.dtype), dz.to(xz.dtype)], dim=-1)
-        return (dxz, None, None, None, None, *param_grads)
+            (dA * -torch.exp(A_log.float())).to(A_log.dtype),
+            dD.to(D.dtype)
+        ]
+    dxz = torch.cat([dx.to(xz.dtype), dz.to(xz.dtype)], dim=-1)
+    return dxz, param_grads, None, None, None, None
+
+
+_op = None
+
+
+def define_bimamba_inner():
+    """Defines ``torch.ops.mmvim.bimamba_inner`` (once)."""
+    global _op
+    if _op is not None:
+        return _op
+    _op = torch.library.custom_op(
+        OP_NAME, _forward, mutates_args=(),
+        schema='(Tensor xz, Tensor[] params, int dt_rank, int d_state, '
+        'float scale, str kind) -> (Tensor, Tensor)')
+    _op.register_fake(_fake)
+    _op.register_autograd(_backward, setup_context=_setup_context)
+    return _op
 
 
 def bimamba_inner(xz, forward_params, backward_params, dt_rank, d_state,
@@ -157,5 +196,11 @@ def bimamba_inner(xz, forward_params, backward_params, dt_rank, d_state,
         (b, L, E) in xz's dtype: ``(y_fwd + y_bwd) * silu(z)``, halved when
         ``divide_out``.
     """
-    return BiMambaInnerFn.apply(xz, dt_rank, d_state, divide_out, kind,
-                                *forward_params, *backward_params)
+    kernel_ops(kind)  # built, its ops defined
+    params = [*forward_params, *backward_params]
+    for i in (1, 1 + PARAMS_PER_DIRECTION):  # the op takes a conv bias
+        if params[i] is None:
+            params[i] = params[i - 1].new_zeros(params[i - 1].shape[0])
+    out, _ = torch.ops.mmvim.bimamba_inner(xz, params, dt_rank, d_state,
+                                           0.5 if divide_out else 1.0, kind)
+    return out

@@ -68,45 +68,55 @@ def causal_conv1d_tokens(x, weight, bias=None, reverse=False):
     return out if bias is None else out + bias
 
 
-class ConvSiluFn(torch.autograd.Function):
-    """``silu(causal_conv1d_tokens(x, weight, bias, reverse))`` in one pass
-    of the compiled kernel ``kind``; the backward recomputes the PyTorch
-    formulation and differentiates it (it runs only when the fused mixer's
-    backward recomputes its input side)."""
+def conv_silu_backward(x, weight, bias, reverse, du):
+    """Gradients (dx, dweight, dbias) of ``silu(causal_conv1d_tokens(x,
+    weight, bias, reverse))`` for the output gradient ``du``, written out
+    (no autograd inside, so compilers can trace it): with v the conv's
+    output, g = du * silu'(v); dx is g convolved with the same taps in the
+    opposite direction; dweight[:, k] sums g against the k-th shifted x.
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, reverse, kind):
-        from .selective_scan_kernel import compute_dtypes, kernel_module
-        data, weight_dtype = compute_dtypes(kind, x)
-        taps = weight.reshape(weight.shape[0], -1).to(weight_dtype)
-        u = kernel_module(kind).conv_silu(
-            x.to(data), taps.contiguous(),
-            None if bias is None else bias.to(weight_dtype).contiguous(),
-            bool(reverse)).to(x.dtype)
-        ctx.save_for_backward(x, weight, bias)
-        ctx.reverse = bool(reverse)
-        return u
+    Args:
+        x: (b, L, E); weight: (E, 1, K) or (E, K); bias: (E,) or None;
+        du: (b, L, E).
 
-    @staticmethod
-    def backward(ctx, du):
-        x, weight, bias = ctx.saved_tensors
-        leaves = [t.detach().requires_grad_(True) if t is not None else None
-                  for t in (x, weight, bias)]
-        with torch.enable_grad():
-            u = F.silu(causal_conv1d_tokens(*leaves, reverse=ctx.reverse))
-        wanted = [t for t in leaves if t is not None]
-        grads = iter(torch.autograd.grad(u, wanted, du.to(u.dtype)))
-        dx, dweight, dbias = (next(grads) if t is not None else None
-                              for t in leaves)
-        return (dx.to(x.dtype), dweight.to(weight.dtype),
-                None if dbias is None else dbias.to(bias.dtype), None, None)
+    Returns:
+        dx, dweight, dbias (None without bias), each in its input's dtype
+        and shape, computed in float32 (float64 for float64 inputs).
+    """
+    compute = torch.promote_types(x.dtype, torch.float32)
+    taps = weight.reshape(weight.shape[0], -1).to(compute)
+    xc = x.to(compute)
+    v = causal_conv1d_tokens(xc, taps,
+                             None if bias is None else bias.to(compute),
+                             reverse)
+    sig = torch.sigmoid(v)
+    g = du.to(compute) * sig * (1 + v * (1 - sig))
+    dx = causal_conv1d_tokens(g, taps, None, not reverse)
+    width, length = taps.shape[1], x.shape[1]
+    pad = (0, 0, width - 1, 0) if not reverse else (0, 0, 0, width - 1)
+    xp = F.pad(xc, pad)
+    columns = []
+    for k in range(width):
+        start = k if not reverse else width - 1 - k
+        columns.append((g * xp[:, start:start + length]).sum((0, 1)))
+    dweight = torch.stack(columns, dim=1).reshape(weight.shape)
+    dbias = None if bias is None else g.sum((0, 1)).to(bias.dtype)
+    return dx.to(x.dtype), dweight.to(weight.dtype), dbias
 
 
 def causal_conv1d_silu_tokens(x, weight, bias=None, reverse=False,
                               kind=None):
     """``silu(causal_conv1d_tokens(x, weight, bias, reverse))``: on the
-    compiled kernel ``kind`` ('cpu', 'cuda', 'simt') in one pass, or in
-    PyTorch when ``kind`` is None. x: (b, L, E) -> (b, L, E)."""
+    compiled kernel ``kind`` ('cpu', 'cuda', 'simt') in one pass (the
+    ``conv_silu`` operator, differentiable), or in PyTorch when ``kind`` is
+    None. x: (b, L, E) -> (b, L, E) in x's dtype."""
     if kind is None:
         return F.silu(causal_conv1d_tokens(x, weight, bias, reverse))
-    return ConvSiluFn.apply(x, weight, bias, reverse, kind)
+    from .selective_scan_kernel import compute_dtypes, kernel_ops
+    data, weight_dtype = compute_dtypes(kind, x)
+    taps = weight.reshape(weight.shape[0], -1).to(weight_dtype)
+    u = kernel_ops(kind).conv_silu(
+        x.to(data), taps.contiguous(),
+        None if bias is None else bias.to(weight_dtype).contiguous(),
+        bool(reverse))
+    return u.to(x.dtype)

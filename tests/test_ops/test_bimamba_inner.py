@@ -89,18 +89,22 @@ def test_kernel_reads_the_linear_outputs_in_place(scan_kind, monkeypatch):
     mixer = _mixer(16, device)
     xz = mixer.in_proj(torch.randn(1, 9, 16, device=device))
     seen = {}
-    real = inner_module.kernel_module
+    real = inner_module.kernel_ops
 
     class Spy:
+        """The kernel's ops, recording what scan_fwd receives."""
 
-        def __init__(self, module):
-            self.module = module
+        def __init__(self, ops):
+            self.ops = ops
 
-        def scan_fwd(self, dirs, reverse, z, *args):
-            seen.update(dirs=dirs, z=z)
-            return self.module.scan_fwd(dirs, reverse, z, *args)
+        def __getattr__(self, name):
+            return getattr(self.ops, name)
 
-    monkeypatch.setattr(inner_module, 'kernel_module',
+        def scan_fwd(self, *args):
+            seen.update(dirs=(args[:9], args[9:18]), z=args[18])
+            return self.ops.scan_fwd(*args)
+
+    monkeypatch.setattr(inner_module, 'kernel_ops',
                         lambda kind: Spy(real(kind)))
     with torch.no_grad():
         bimamba_inner(xz, mixer._direction_params(''),

@@ -49,8 +49,11 @@ def poison_outputs(monkeypatch):
                     'be compiled here')
 def test_cuda_extension_compiles_links_and_imports():
     module = build_kernel('cuda')  # raises with the compiler's error
-    for name in ('scan_fwd', 'scan_bwd', 'set_poison_outputs'):
-        assert callable(getattr(module, name))
+    assert callable(module.set_poison_outputs)
+    # loading it registered the CUDA kernels of mmvim's ops
+    for name in ('scan_fwd', 'scan_bwd', 'conv_silu'):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(
+            f'mmvim::{name}', 'CUDA'), name
 
 
 def _inputs(batch, dim, state, length, groups, dtype, seed, softplus=True):

@@ -40,9 +40,9 @@ import torch.nn as nn
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SCAN_OP = 'prim::PythonOp.BiSelectiveScanCount'
 UNI_SCAN_OP = 'prim::PythonOp.SelectiveScanCount'
-# the kernel's own autograd Functions, traced as nested nodes inside
+# the kernel's operator, traced as a nested node inside
 # BiSelectiveScanCount (counted there) or, if called directly, one direction
-KERNEL_SCAN_OP = 'prim::PythonOp.SelectiveScanFn'
+KERNEL_SCAN_OP = 'mmvim::scan_fwd'
 
 
 def parse_args(argv=None):
@@ -91,7 +91,7 @@ def _scan_flop_jit(inputs, outputs):
 
 
 def _counted_around(inputs, outputs):
-    """Handle of the kernel's SelectiveScanFn, traced nested inside
+    """Handle of the kernel's scan_fwd op, traced nested inside
     BiSelectiveScanCount, which counts it (a handle of None would not
     silence it: mmengine ignores PythonOps by kind, not by name)."""
     return Counter()

@@ -676,7 +676,11 @@ at::Tensor conv_silu_impl(const at::Tensor& x, const at::Tensor& weight,
 
 }  // namespace
 
+TORCH_LIBRARY_IMPL(mmvim, CPU, m) {
+  mmvim_scan::register_scan_ops(m, forward_impl, backward_impl,
+                                conv_silu_impl);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  mmvim_scan::bind_scan(m, forward_impl, backward_impl, conv_silu_impl,
-                        "CPU");
+  mmvim_scan::bind_test_switches(m);
 }

@@ -153,7 +153,9 @@ std::vector<at::Tensor> forward_impl(const std::vector<DirTensors>& dirs,
   ScanParams p = base_params(dirs, s, z, softplus, scale);
   auto out = new_output({s.batch, s.length, s.dim}, x.options());
   auto ybuf = at::empty({p.ndirs == 2 ? s.batch : 0, s.length, s.dim}, f32);
-  auto states = at::empty({states_numel(p)}, f32);
+  // zeros: the first tile's entry is never written (it starts at 0), and
+  // an op's outputs must not hold uninitialised memory
+  auto states = at::zeros({states_numel(p)}, f32);
   auto last = return_last_state ? at::zeros({s.batch, s.dim, s.state}, f32)
                                 : at::empty({0, s.dim, s.state}, f32);
   p.out = out.data_ptr();
@@ -254,9 +256,19 @@ at::Tensor conv_silu_impl(const at::Tensor& x, const at::Tensor& weight,
 
 }  // namespace
 
+// the CUDA kernel serves mmvim's ops on CUDA tensors; built under the SIMT
+// emulation it serves the mmvim_simt twins on CPU tensors
+#if defined(MMVIM_SIMT_EMULATION)
+TORCH_LIBRARY_IMPL(mmvim_simt, CPU, m) {
+#else
+TORCH_LIBRARY_IMPL(mmvim, CUDA, m) {
+#endif
+  mmvim_scan::register_scan_ops(m, forward_impl, backward_impl,
+                                conv_silu_impl);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  mmvim_scan::bind_scan(m, forward_impl, backward_impl, conv_silu_impl,
-                        kBackend.name);
+  mmvim_scan::bind_test_switches(m);
 #if defined(MMVIM_SIMT_EMULATION)
   m.def(
       "simt_launches",

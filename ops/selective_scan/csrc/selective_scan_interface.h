@@ -1,35 +1,49 @@
-// The Python interface both scan extensions export (CPU:
-// selective_scan_cpu.cpp, CUDA: selective_scan_cuda.cpp, also built for the
-// CPU under the SIMT emulation). A backend implements forward_impl and
-// backward_impl over one or two directions and calls bind_scan().
+// The operators both scan extensions register with PyTorch's dispatcher
+// (CPU: selective_scan_cpu.cpp; CUDA: selective_scan_cuda.cpp, also built
+// for the CPU under the SIMT emulation). A backend implements forward_impl,
+// backward_impl and conv_silu_impl and registers them with
+// register_scan_ops() inside TORCH_LIBRARY_IMPL(namespace, key, m): the
+// `mmvim` namespace for the CPU and CUDA kernels, `mmvim_simt` for the
+// emulated one (on CPU tensors). The schemas, fake (meta) implementations
+// and autograd formulas are defined in Python, mmvim/ops/library.py:
 //
-//   scan_fwd(dirs, reverse, z?, softplus, scale, return_last_state)
-//       -> [out, states, last_state]
-//   scan_bwd(dirs, reverse, z?, dout, states, softplus, scale)
-//       -> per direction [du, ddelta, dA, dB, dC, dD, dbias], then dz
+//   scan_fwd(<direction>, <direction>_b, Tensor? z, bool reverse,
+//            bool softplus, float scale, bool return_last_state)
+//       -> (out, states, last)
+//   scan_bwd(<direction>, <direction>_b, Tensor? z, Tensor dout,
+//            Tensor states, bool reverse, bool softplus, float scale)
+//       -> Tensor[]: per direction [du, ddelta, dA, dB, dC, dD, dbias], dz
+//   conv_silu(Tensor x, Tensor weight, Tensor? bias, bool reverse) -> Tensor
 //
-// dirs: one list per direction, [x, conv_weight?, conv_bias?, delta, A, B,
-// C, D?, delta_bias?]; reverse: per direction, scan from the last token.
+// <direction>: nine tensors, x, conv_weight?, conv_bias?, delta, A, B, C,
+// D?, delta_bias?, each its own argument (so autograd reaches every one).
+// One direction (the second's x None), scanned from the last token when
+// `reverse`, or two: the first left to right, the second right to left.
 // Shapes (b batch, L tokens, E channels, N states, W conv taps, G groups):
 //   x, delta, z: (b, L, E), any strides: the token-major outputs of linear
 //     layers are read where they are;
 //   conv_weight: (E, W), W <= 4, conv_bias (E,): the scan input is then
 //     u = silu(depthwise conv of x), causal in scan order (so anti-causal in
 //     tokens for a reverse direction); without them u = x;
-//   A: (E, N); B, C: (b, L, G, N), any strides, 0 for a dimension they are
-//     shared over (a constant (E, N) B is (b, L, E, N) expanded);
+//   A: (E, N); B, C: (b, L, G, N), any strides, size 1 (or stride 0) in a
+//     dimension they are shared over (a constant (E, N) B is (1, 1, E, N));
 //   D, delta_bias: (E,);
 //   out: (b, L, E) contiguous, scale * (sum over directions of y) *
 //     (silu(z) if z); states: what the backward needs besides the inputs;
 //   dB, dC: (b, L, G, N) with the shared dimensions kept at size 1;
-//   du: the gradient of u (the conv's output when there is a conv).
+//   du: the gradient of u (the conv's output when there is a conv); every
+//     gradient is returned (zeros for an absent D or delta_bias, an empty
+//     dz without z).
+// The ops allocate their outputs and mutate no input.
 #pragma once
 
 // ATen and torch's pybind11 casters: a third of the compile time of
 // <torch/extension.h>, which adds the whole C++ frontend
 #include <ATen/ATen.h>
 #include <torch/csrc/utils/pybind.h>
+#include <torch/library.h>
 
+#include <array>
 #include <atomic>
 #include <limits>
 #include <optional>
@@ -280,52 +294,93 @@ using BackwardImpl = Tensors (*)(const std::vector<DirTensors>&,
                                  const OptTensor&, const at::Tensor&,
                                  const at::Tensor&, double, bool);
 
-inline std::vector<DirTensors> to_dirs(
-    const std::vector<std::vector<OptTensor>>& dirs,
-    const std::vector<bool>& reverse) {
-  TORCH_CHECK(dirs.size() == reverse.size(), "selective scan: one reverse "
-              "flag per direction");
+constexpr size_t kTensorsPerDirection = 9;
+using Dir = std::array<OptTensor, kTensorsPerDirection>;
+
+// B or C of size 1 in batch or tokens, shared over them -> expanded to
+// (b, L, G, N) with stride 0 there (a view), as the kernels read it.
+inline at::Tensor broadcast_bc(const at::Tensor& t, const at::Tensor& x) {
+  if (t.dim() != 4 || x.dim() != 3 || (t.size(0) != 1 && t.size(1) != 1))
+    return t;
+  const int64_t batch = t.size(0) == 1 ? x.size(0) : t.size(0);
+  const int64_t length = t.size(1) == 1 ? x.size(1) : t.size(1);
+  return t.expand({batch, length, t.size(2), t.size(3)});
+}
+
+// The operators' arguments (nine per direction; the second direction
+// absent when its x is) -> the kernels' directions.
+inline std::vector<DirTensors> to_dirs(const Dir& first, const Dir& second,
+                                       bool reverse) {
   std::vector<DirTensors> out;
-  for (size_t k = 0; k < dirs.size(); ++k) {
-    const auto& d = dirs[k];
-    TORCH_CHECK(d.size() == 9, "selective scan: a direction is [x, "
-                "conv_weight, conv_bias, delta, A, B, C, D, delta_bias]");
+  for (const Dir* d : {&first, &second}) {
+    const bool is_second = d == &second;
+    if (is_second && !(*d)[0].has_value()) break;
     for (int i : {0, 3, 4, 5, 6})
-      TORCH_CHECK(d[i].has_value(), "selective scan: x, delta, A, B and C "
-                  "are required");
-    out.push_back(DirTensors{*d[0], d[1], d[2], *d[3], *d[4], *d[5], *d[6],
-                             d[7], d[8], reverse[k]});
+      TORCH_CHECK((*d)[i].has_value(), "selective scan: x, delta, A, B and "
+                  "C are required", is_second ? " for the second direction"
+                                              : "");
+    // two directions: the first left to right, the second right to left
+    const bool rev = is_second || (reverse && !second[0].has_value());
+    TORCH_CHECK(!(reverse && second[0].has_value()), "selective scan: "
+                "reverse applies to one direction; of two, the second is "
+                "scanned right to left");
+    out.push_back(DirTensors{*(*d)[0], (*d)[1], (*d)[2], *(*d)[3], *(*d)[4],
+                             broadcast_bc(*(*d)[5], *(*d)[0]),
+                             broadcast_bc(*(*d)[6], *(*d)[0]), (*d)[7],
+                             (*d)[8], rev});
   }
   return out;
 }
 
-inline void bind_scan(pybind11::module& m, ForwardImpl forward,
-                      BackwardImpl backward, ConvImpl conv,
-                      const std::string& device) {
-  using Dirs = std::vector<std::vector<OptTensor>>;
-  m.def("conv_silu", conv,
-        ("silu(depthwise conv(x)), token-major, causal or (reverse) "
-         "anti-causal (" + device + ")").c_str());
+// the first direction's x, delta, A, B and C are required
+#define MMVIM_SCAN_FIRST_ARGS                                                \
+  const at::Tensor &x, const OptTensor &conv_weight,                         \
+      const OptTensor &conv_bias, const at::Tensor &delta,                   \
+      const at::Tensor &A, const at::Tensor &B, const at::Tensor &C,         \
+      const OptTensor &D, const OptTensor &delta_bias
+#define MMVIM_SCAN_SECOND_ARGS                                               \
+  const OptTensor &x_b, const OptTensor &conv_weight_b,                      \
+      const OptTensor &conv_bias_b, const OptTensor &delta_b,                \
+      const OptTensor &A_b, const OptTensor &B_b, const OptTensor &C_b,      \
+      const OptTensor &D_b, const OptTensor &delta_bias_b
+#define MMVIM_SCAN_DIRS(reverse)                                             \
+  to_dirs(Dir{x, conv_weight, conv_bias, delta, A, B, C, D, delta_bias},     \
+          Dir{x_b, conv_weight_b, conv_bias_b, delta_b, A_b, B_b, C_b, D_b,  \
+              delta_bias_b},                                                 \
+          reverse)
+
+// Registers one backend's kernels for the ops of mmvim/ops/library.py;
+// called inside TORCH_LIBRARY_IMPL(namespace, dispatch key, m).
+inline void register_scan_ops(torch::Library& m, ForwardImpl forward,
+                              BackwardImpl backward, ConvImpl conv) {
+  m.impl("conv_silu", conv);
+  m.impl("scan_fwd",
+         [forward](MMVIM_SCAN_FIRST_ARGS, MMVIM_SCAN_SECOND_ARGS,
+                   const OptTensor& z, bool reverse, bool softplus,
+                   double scale, bool return_last_state) {
+           const auto r = forward(MMVIM_SCAN_DIRS(reverse), z, scale,
+                                  softplus, return_last_state);
+           return std::make_tuple(r[0], r[1], r[2]);
+         });
+  m.impl("scan_bwd",
+         [backward](MMVIM_SCAN_FIRST_ARGS, MMVIM_SCAN_SECOND_ARGS,
+                    const OptTensor& z, const at::Tensor& dout,
+                    const at::Tensor& states, bool reverse, bool softplus,
+                    double scale) {
+           return backward(MMVIM_SCAN_DIRS(reverse), z, dout, states, scale,
+                           softplus);
+         });
+}
+
+#undef MMVIM_SCAN_FIRST_ARGS
+#undef MMVIM_SCAN_SECOND_ARGS
+#undef MMVIM_SCAN_DIRS
+
+// What the Python module of an extension keeps besides the ops: the
+// switch tests use to poison the outputs.
+inline void bind_test_switches(pybind11::module& m) {
   m.def("set_poison_outputs", [](bool on) { poison_outputs() = on; },
         "fill every output with NaN before the kernel writes it (tests)");
-  m.def(
-      "scan_fwd",
-      [forward](const Dirs& dirs, const std::vector<bool>& reverse,
-                OptTensor z, bool softplus, double scale,
-                bool return_last_state) {
-        return forward(to_dirs(dirs, reverse), z, scale, softplus,
-                       return_last_state);
-      },
-      ("selective scan forward (" + device + ")").c_str());
-  m.def(
-      "scan_bwd",
-      [backward](const Dirs& dirs, const std::vector<bool>& reverse,
-                 OptTensor z, at::Tensor dout, at::Tensor states,
-                 bool softplus, double scale) {
-        return backward(to_dirs(dirs, reverse), z, dout, states, scale,
-                        softplus);
-      },
-      ("selective scan backward (" + device + ")").c_str());
 }
 
 }  // namespace mmvim_scan
