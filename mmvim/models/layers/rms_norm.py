@@ -23,7 +23,10 @@ class RMSNormFn(torch.autograd.Function):
         x_acc = x.to(acc)
         rstd = torch.rsqrt(x_acc.square().mean(-1, keepdim=True) + eps)
         ctx.save_for_backward(x, weight, rstd)
-        return (x_acc * rstd * weight.to(acc)).to(x.dtype)
+        out = x_acc * rstd * weight.to(acc)
+        # no .to() that returns its input: torch.compile (2.11) then loses
+        # the gradient of an autograd.Function's output (all zeros)
+        return out if out.dtype == x.dtype else out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
