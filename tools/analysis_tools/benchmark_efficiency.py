@@ -8,7 +8,7 @@
         [--warmup 3] [--repeats 10] [--scan-impl auto|ref|cpu|cuda|simt]
         [--deit-impl auto|mmpretrain|timm] [--time-budget SECONDS]
         [--sdpa-backend auto|flash|efficient|math] [--threads N] [--depth N]
-        [--out results.json] [--plot results.png]
+        [--compile] [--out results.json] [--plot results.png]
     python tools/analysis_tools/benchmark_efficiency.py --replot results.json
 
 Models: Vim-Ti / Vim-S (``mmvim.models.Vim``), Hier-Vim-T
@@ -46,6 +46,10 @@ backward of a scalar loss (gradients kept, so they count in the memory).
 (Vim keeps its residual stream and scan state in float32 by design).
 Memory: what PyTorch's allocator held at the peak of a call, the parameters
 and the input batch included (see ``MEMORY_DEFINITION``).
+
+``--compile`` wraps every model in ``torch.compile`` (Inductor; Vim's
+scan kernels are registered operators, so each model is one graph); the
+first warm-up call compiles and is not timed.
 
 A table goes to stdout, everything to JSON, and a PNG plots images / s (log
 scale) and peak memory against resolution. Timings are for reading, never
@@ -176,6 +180,9 @@ def parse_args(argv=None):
     parser.add_argument('--depth', type=int,
                         help='override the number of layers of every model '
                         '(smoke tests); default: Vim 24, DeiT 12')
+    parser.add_argument('--compile', action='store_true',
+                        help='time torch.compile(model) (Inductor); the '
+                        'first warm-up call compiles (needs --warmup >= 1)')
     parser.add_argument('--out', default='work_dirs/benchmark_efficiency.json')
     parser.add_argument('--plot', default=None,
                         help='PNG path (default: --out with .png)')
@@ -208,6 +215,9 @@ def parse_args(argv=None):
         args.plot = os.path.splitext(args.replot or args.out)[0] + '.png'
     if args.repeats < 1 or args.warmup < 0 or args.batch < 1:
         parser.error('--repeats and --batch must be >= 1, --warmup >= 0')
+    if args.compile and args.warmup < 1:
+        parser.error('--compile needs --warmup >= 1: the first call '
+                     'compiles the model')
     if args.time_budget is not None and args.time_budget <= 0:
         parser.error('--time-budget must be a positive number of seconds')
     return args
@@ -596,7 +606,8 @@ def new_row(name, neck, dtype, mode, res, args, scan_impl):
                 if is_deit else None,
                 neck=neck, dtype=dtype, mode=mode, resolution=res,
                 tokens=num_tokens(res, family=spec['family']),
-                batch=args.batch)
+                batch=args.batch, compiled=bool(getattr(args, 'compile',
+                                                        False)))
 
 
 def run_one(name, neck, dtype, mode, res, args, scan_impl):
@@ -609,6 +620,8 @@ def run_one(name, neck, dtype, mode, res, args, scan_impl):
         model = build_model(name, res, neck, args.depth,
                             row['deit_impl'] or 'auto').to(args.device)
         model.train(mode == 'train')
+        if row['compiled']:
+            model = torch.compile(model)
         x = torch.randn(args.batch, 3, res, res, device=args.device)
         seconds, times, memory = measure(model, x, mode, dtype, args)
         row.update(status='ok', seconds=seconds, times=times,
@@ -908,6 +921,7 @@ def device_info(args, scan_impl):
         deit_impl=resolve_deit_impl(args.deit_impl) if deit else None,
         sdpa_backend=args.sdpa_backend, batch=args.batch,
         warmup=args.warmup, repeats=args.repeats, depth_override=args.depth,
+        compiled=args.compile,
         tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
         cudnn_benchmark=args.device == 'cuda',
         memory_definition=MEMORY_DEFINITION[args.device],
