@@ -284,7 +284,9 @@ def _build(op, source_files, kind, csrc):
     if missing:
         raise FileNotFoundError(
             f'missing sources {missing}: the kernels compile from the '
-            'checkout, so install mmvim with `pip install -e .` from it')
+            'sources shipped with mmvim (a checkout\'s ops/, or mmvim/.mim/'
+            'ops in an installed package); reinstall mmvim with `pip install '
+            '.` or `pip install -e .` from a checkout')
     if kind == 'cuda' and cuda_home() is None:
         raise FileNotFoundError(
             'nvcc not found (no CUDA toolkit in $CUDA_HOME, on PATH or in '
