@@ -186,3 +186,42 @@ def test_configs_exempt_what_the_vim_configs_exempt_from_weight_decay(
     mixer = 'backbone.stages.0.blocks.0.mixer.'
     assert decay[id(names[mixer + 'D_b'])] == 0
     assert decay[id(names[mixer + 'A_b_log'])] == base_wd
+
+
+def test_activation_checkpointing():
+    """with_cp: the same outputs and gradients (drop path included: the RNG
+    state is replayed), fewer bytes kept for backward (saved-tensor hooks,
+    parameters and the image left out), and reachable from a config."""
+    kw = dict(arch=SMALL, out_indices=(0, 3), drop_path_rate=0.3)
+    plain = HierVim(**kw).train()
+    ckpt = HierVim(with_cp=True, **kw).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    skip = {t.untyped_storage().data_ptr()
+            for t in [x, *plain.parameters(), *ckpt.parameters()]}
+    results = []
+    for model in (plain, ckpt):
+        storages = {}
+
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in skip:
+                storages[ptr] = t.untyped_storage().nbytes()
+            return t
+
+        torch.manual_seed(7)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            outs = model(x)
+        loss = sum(o.square().sum() for o in outs)
+        grads = torch.autograd.grad(loss, [x] + list(model.parameters()))
+        results.append((outs, grads, sum(storages.values())))
+    (outs, grads, saved), (outs_cp, grads_cp, saved_cp) = results
+    for o_cp, o in zip(outs_cp, outs):
+        torch.testing.assert_close(o_cp, o)
+    for g_cp, g in zip(grads_cp, grads):
+        torch.testing.assert_close(g_cp, g)
+    print(f'Hier-Vim saved for backward {saved} -> {saved_cp} bytes')
+    assert saved_cp < 0.5 * saved, (saved_cp, saved)
+    from mmvim.registry import MODELS
+    built = MODELS.build(dict(type='HierVim', arch=SMALL, with_cp=True))
+    assert all(stage.with_cp for stage in built.stages)

@@ -1,5 +1,6 @@
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks.transformer import FFN, PatchEmbed, PatchMerging
 from mmengine.logging import print_log
@@ -56,9 +57,10 @@ class HierVimStage(BaseModule):
 
     def __init__(self, embed_dims, depth, drop_paths, downsample,
                  ffn_ratio=3.5, norm_cfg=dict(type='LN'), mixer_cfg=None,
-                 init_cfg=None):
+                 with_cp=False, init_cfg=None):
         super().__init__(init_cfg)
         self.embed_dims = embed_dims
+        self.with_cp = with_cp
         self.blocks = ModuleList([
             HierVimBlock(embed_dims, ffn_ratio, drop_paths[i], norm_cfg,
                          mixer_cfg) for i in range(depth)
@@ -69,7 +71,12 @@ class HierVimStage(BaseModule):
 
     def forward(self, x):
         for block in self.blocks:
-            x = block(x)
+            if self.with_cp and self.training and x.requires_grad:
+                # per block, as Swin's with_cp: its activations are
+                # recomputed in the backward (the RNG state replayed)
+                x = cp.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         return x
 
 
@@ -136,6 +143,9 @@ class HierVim(BaseModule):
             eval mode while training.
         norm_cfg (dict): norm of the blocks, merging and outputs.
         mixer_cfg (dict): extra arguments of :class:`BiMambaMixer`.
+        with_cp (bool): activation checkpointing per block in training:
+            each block's activations are recomputed in the backward instead
+            of kept (less memory, one more forward of each block).
         init_cfg (dict): ``dict(type='Pretrained', checkpoint=PATH)`` loads
             the backbone of a Hier-Vim classifier trained with mmvim (head
             dropped; output norms the checkpoint lacks keep their init).
@@ -162,10 +172,12 @@ class HierVim(BaseModule):
                  norm_eval=False,
                  norm_cfg=dict(type='LN'),
                  mixer_cfg=None,
+                 with_cp=False,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         arch = self._parse_arch(arch)
         self.embed_dims = arch['embed_dims']
+        self.with_cp = with_cp
         self.depths = tuple(arch['depths'])
         self.ffn_ratio = arch.get('ffn_ratio', self.FFN_RATIO)
         mixer_cfg = dict(mixer_cfg or {})
@@ -192,7 +204,7 @@ class HierVim(BaseModule):
                 self.num_features[i], depth, dpr[start:start + depth],
                 downsample=i < len(self.depths) - 1,
                 ffn_ratio=self.ffn_ratio, norm_cfg=norm_cfg,
-                mixer_cfg=mixer_cfg))
+                mixer_cfg=mixer_cfg, with_cp=with_cp))
         for i in self.out_indices:
             self.add_module(f'norm{i}', build_norm_layer(
                 norm_cfg, self.num_features[i])[1])
