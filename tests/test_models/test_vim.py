@@ -2,9 +2,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmvim.models import Vim, resize_pos_embed
-from mmvim.models.layers import insert_middle_cls, split_middle_cls
+from mmvim.models.layers import DropPath, insert_middle_cls, split_middle_cls
 
 SMALL = dict(embed_dims=32, depth=4)
 
@@ -138,6 +139,48 @@ def test_resize_pos_embed_keeps_class_row_apart():
         resize_pos_embed(torch.randn(1, 100, 8), (14, 14), (16, 16))
 
 
+def test_resize_pos_embed_against_explicit_interpolation():
+    """The released models' recipe, written out here: the class row taken
+    out at J // 2, the patch rows read as a row-major (rows, cols) grid,
+    bicubic interpolation without corner alignment (what timm's
+    resize_pos_embed does for the reference), the class row put back at
+    J' // 2. A non-square grid with a ramp along the rows in channel 0 and
+    along the columns in channel 1 catches a transposed or mis-flattened
+    grid; channel 2 (noise) tells bicubic from bilinear."""
+    rows, cols, new = 6, 10, (9, 4)
+    g = torch.Generator().manual_seed(0)
+    grid = torch.stack([
+        torch.arange(rows, dtype=torch.float32).view(rows, 1).expand(
+            rows, cols),
+        torch.arange(cols, dtype=torch.float32).view(1, cols).expand(
+            rows, cols),
+        torch.randn(rows, cols, generator=g)
+    ], dim=-1)  # (rows, cols, 3)
+    patches = grid.reshape(1, rows * cols, 3)
+    half = rows * cols // 2
+    cls = torch.full((1, 1, 3), -7.)
+    pos = torch.cat([patches[:, :half], cls, patches[:, half:]], dim=1)
+
+    out = resize_pos_embed(pos, (rows, cols), new)
+
+    count = new[0] * new[1]
+    assert out.shape == (1, count + 1, 3)
+    assert torch.equal(out[0, count // 2], cls[0, 0])
+    got = torch.cat([out[:, :count // 2], out[:, count // 2 + 1:]],
+                    dim=1).reshape(*new, 3)
+    source = grid.permute(2, 0, 1).unsqueeze(0)  # (1, 3, rows, cols)
+    want = F.interpolate(source, size=new, mode='bicubic',
+                         align_corners=False)[0].permute(1, 2, 0)
+    torch.testing.assert_close(got, want)
+    # the row ramp varies down the rows only, the column ramp across only
+    assert torch.allclose(got[..., 0], got[:, :1, 0].expand(*new))
+    assert torch.allclose(got[..., 1], got[:1, :, 1].expand(*new))
+    assert got[-1, 0, 0] > got[0, 0, 0] and got[0, -1, 1] > got[0, 0, 1]
+    bilinear = F.interpolate(source, size=new, mode='bilinear',
+                             align_corners=False)[0].permute(1, 2, 0)
+    assert not torch.allclose(got[..., 2], bilinear[..., 2], atol=1e-3)
+
+
 def test_load_state_dict_resizes_pos_embed():
     src = Vim(SMALL, img_size=224)
     dst = Vim(SMALL, img_size=512)
@@ -160,13 +203,32 @@ def test_frozen_stages():
     assert model.layers[0].mixer.in_proj.weight.grad is None
 
 
+def test_drop_path_drops_whole_samples():
+    """Each sample of the branch is kept (scaled by 1 / keep) or dropped
+    whole; about drop_prob of them are dropped; eval is the identity."""
+    torch.manual_seed(0)
+    drop = DropPath(0.5).train()
+    out = drop(torch.ones(2000, 3, 4))
+    per_sample = out.flatten(1)
+    assert torch.all((per_sample == 0).all(1) | (per_sample == 2).all(1))
+    assert abs(out.mean().item() - 1) < 0.1  # unbiased in expectation
+    x = torch.randn(4, 5)
+    assert drop.eval()(x) is x
+    assert DropPath(0.).train()(x) is x
+
+
 def test_drop_path_and_gradients():
     model = Vim(SMALL, img_size=32, drop_path_rate=0.3)
     rates = [layer.drop_path.drop_prob for layer in model.layers]
-    assert rates[0] == 0 and abs(rates[-1] - 0.3) < 1e-6
+    # the reference's linear schedule over the layers
+    torch.testing.assert_close(torch.tensor(rates),
+                               torch.linspace(0, 0.3, SMALL['depth']))
     x = torch.randn(8, 3, 32, 32)
     model.eval()
-    torch.testing.assert_close(model(x)[0], model(x)[0])
+    # in eval, drop path is off: the model equals its twin without it
+    twin = Vim(SMALL, img_size=32, drop_path_rate=0.).eval()
+    twin.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model(x)[0], twin(x)[0], rtol=0, atol=0)
     model.train()
     torch.manual_seed(1)
     out = model(x)[0]
@@ -178,6 +240,10 @@ def test_drop_path_and_gradients():
 
 def test_bf16_autocast_keeps_fp32_stream():
     model = Vim(SMALL, img_size=32, out_type='raw').eval()
+    x = torch.randn(1, 3, 32, 32)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        out = model(torch.randn(1, 3, 32, 32))[0]
+        out = model(x)[0]
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    # bfloat16 matmuls, float32 stream: close to the float32 model
+    full = model(x)[0]
+    assert ((out - full).norm() / full.norm()).item() < 3e-2
