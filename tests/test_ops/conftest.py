@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from mmvim.ops.extension_loader import compiler_available
 from mmvim.ops.selective_scan_kernel import build_kernel
+from compilers import require_compiler
 
 # (kind, device) of every compiled scan kernel this machine runs: the CPU
 # kernel, and the CUDA kernel (on the GPU, or under the SIMT emulation on
@@ -17,7 +17,6 @@ def scan_kind(request):
     """(kind, device) of each compiled kernel, built; skipped only where
     no compiler for it exists (a failed build fails the test)."""
     name, device = request.param
-    if not compiler_available(name):
-        pytest.skip(f'no compiler for the {name} build')
+    require_compiler(name)
     build_kernel(name)
     return name, device

@@ -10,8 +10,8 @@ import types
 import pytest
 import torch
 
-from mmvim.ops.extension_loader import compiler_available
 from mmvim.ops.selective_scan_kernel import build_kernel, kernel_ops
+from compilers import require_compiler
 
 KINDS = ['cpu', 'simt']
 
@@ -19,8 +19,7 @@ KINDS = ['cpu', 'simt']
 @pytest.fixture(params=KINDS)
 def kernel(request):
     """The kernel's ops (scan_fwd, scan_bwd) and its extension module."""
-    if not compiler_available(request.param):
-        pytest.skip('no C++ compiler')
+    require_compiler(request.param)
     module = build_kernel(request.param)
     ops = kernel_ops(request.param)
     return types.SimpleNamespace(kind=request.param, module=module,
@@ -96,9 +95,19 @@ def test_the_two_directions_must_agree(kernel):
 
 
 def test_a_conv_wider_than_the_cuda_kernel_fuses(kernel):
-    d = dict(_direction(), conv_weight=torch.ones(8, 5))
-    if kernel.kind == 'cpu':
-        _fwd(kernel, d)  # the CPU kernel takes any width
+    weight = torch.randn(8, 5, generator=torch.Generator().manual_seed(3))
+    d = dict(_direction(), conv_weight=weight)
+    if kernel.kind == 'cpu':  # the CPU kernel takes any width, all 5 taps
+        from mmvim.ops import causal_conv1d, selective_scan_ref
+        out, _, _ = _fwd(kernel, d)
+        u = causal_conv1d(d['x'].transpose(1, 2), weight, d['conv_bias'],
+                          'silu')
+        want = selective_scan_ref(
+            u, d['delta'].transpose(1, 2), d['A'], d['B'].permute(0, 2, 3, 1),
+            d['C'].permute(0, 2, 3, 1), d['D'], delta_bias=d['bias'],
+            delta_softplus=True)
+        torch.testing.assert_close(out, want.transpose(1, 2), rtol=1e-4,
+                                   atol=1e-5)
     else:
         with pytest.raises(RuntimeError, match=r'a conv of width 5 is wider '
                            r'than the 4 this kernel fuses'):

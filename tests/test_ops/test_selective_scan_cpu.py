@@ -13,10 +13,10 @@ import torch
 
 from mmvim.ops import (bi_selective_scan, bi_selective_scan_ref,
                        select_scan_impl, selective_scan_ref)
-from mmvim.ops.extension_loader import compiler_available
 from mmvim.ops.selective_scan_kernel import (bi_selective_scan_kernel,
                                              build_kernel,
                                              selective_scan_kernel)
+from compilers import require_compiler
 
 
 TINY_OP = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tiny_op')
@@ -25,8 +25,7 @@ TINY_OP = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tiny_op')
 @pytest.fixture(scope='module', autouse=True)
 def kernel():
     """Skipped only where no C++ compiler exists: a failed build raises."""
-    if not compiler_available('cpu'):
-        pytest.skip('no C++ compiler: the CPU kernel cannot be built here')
+    require_compiler('cpu')
     return build_kernel('cpu')
 
 

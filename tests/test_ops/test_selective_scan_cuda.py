@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from mmvim.ops import bi_selective_scan_ref, selective_scan_ref
-from mmvim.ops.extension_loader import compiler_available
 from mmvim.ops.selective_scan_kernel import (bi_selective_scan_kernel,
                                              build_kernel,
                                              selective_scan_kernel,
                                              simt_launch_records)
+from compilers import require_compiler
 
 ON_GPU = torch.cuda.is_available()
 # the device the kernel's tensors live on, and the build that runs there
@@ -34,8 +34,7 @@ DEVICE, KIND = ('cuda', 'cuda') if ON_GPU else ('cpu', 'simt')
 @pytest.fixture(scope='module', autouse=True)
 def kernel():
     """A compiler is all the tests need; a failed build fails them."""
-    if not compiler_available(KIND):
-        pytest.skip(f'no compiler for the {KIND} build on this machine')
+    require_compiler(KIND)
     return build_kernel(KIND)
 
 

@@ -23,16 +23,26 @@ def _inputs(batch=2, dim=6, state=4, length=9, groups=None, seed=0,
         delta_bias=torch.randn(dim, generator=g, dtype=dtype) * .1)
 
 
+def _per_channel(X, b, e, dim, length):
+    """(N, L) of B or C for batch b and channel e: (b, N, L); grouped
+    (b, G, N, L), channel e in group e // (E / G); constant (E, N), the
+    same for every token."""
+    if X.dim() == 2:
+        return X[e, :, None].expand(-1, length)
+    if X.dim() == 3:
+        return X[b]
+    return X[b, e // (dim // X.shape[1])]
+
+
 def _naive_scan(u, delta, A, B, C, D, z, delta_bias):
-    """Element-by-element loop straight from the recurrence (grouped B/C)."""
+    """Element-by-element loop straight from the recurrence (B and C per
+    batch, grouped or constant)."""
     batch, dim, length = u.shape
-    groups = 1 if B.dim() == 3 else B.shape[1]
     y = torch.zeros_like(u)
     for b in range(batch):
         for e in range(dim):
-            g = e // (dim // groups)
-            Bb = B[b] if B.dim() == 3 else B[b, g]
-            Cb = C[b] if C.dim() == 3 else C[b, g]
+            Bb = _per_channel(B, b, e, dim, length)
+            Cb = _per_channel(C, b, e, dim, length)
             h = torch.zeros(A.shape[1], dtype=u.dtype)
             for t in range(length):
                 d = F.softplus(delta[b, e, t] + delta_bias[e])
@@ -41,9 +51,15 @@ def _naive_scan(u, delta, A, B, C, D, z, delta_bias):
     return y * F.silu(z)
 
 
-@pytest.mark.parametrize('groups', [None, 1, 3])
+@pytest.mark.parametrize('groups', [None, 1, 3, 'const-B', 'const-C'])
 def test_scan_matches_recurrence(groups):
-    x = _inputs(groups=groups)
+    if isinstance(groups, str):  # a constant (E, N) B or C (Mamba's S4D)
+        x = _inputs()
+        name = groups[-1]
+        x[name] = torch.randn(6, 4, dtype=torch.float64,
+                              generator=torch.Generator().manual_seed(5))
+    else:
+        x = _inputs(groups=groups)
     y = selective_scan_ref(**x, delta_softplus=True)
     torch.testing.assert_close(y, _naive_scan(**x), rtol=1e-10, atol=1e-10)
 

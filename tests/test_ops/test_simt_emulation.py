@@ -19,15 +19,15 @@ import textwrap
 import pytest
 import torch
 
-from mmvim.ops.extension_loader import build_extension, compiler_available
+from mmvim.ops.extension_loader import build_extension
+from compilers import require_compiler
 
 PROBE_DIR = osp.join(osp.dirname(osp.abspath(__file__)), 'simt_probe')
 KINDS = ['simt'] + (['cuda'] if torch.cuda.is_available() else [])
 
 
 def _probe(kind):
-    if not compiler_available(kind):
-        pytest.skip(f'no compiler for the {kind} build')
+    require_compiler(kind)
     return build_extension('simt_probe', ['simt_probe.cu'], kind=kind,
                            csrc=PROBE_DIR)
 

@@ -263,8 +263,7 @@ def test_paper_targets_at_1248(bench):
 # ---- DeiT from timm (the GPU machine has timm, not mmpretrain) ----------
 
 def test_timm_deit_has_mmpretrains_parameters(bench):
-    pytest.importorskip('timm')
-    pytest.importorskip('mmpretrain')
+    # timm and mmpretrain are pinned in the environment: no skip
     for name, params in (('deit-ti-eager', 5_524_416),
                          ('deit-s-sdpa', None)):
         counts = {}
@@ -290,7 +289,6 @@ def test_timm_deit_has_mmpretrains_parameters(bench):
 
 
 def test_timm_attention_switch_gives_the_same_deit(bench):
-    pytest.importorskip('timm')
     model = bench.build_model('deit-ti-sdpa', 48, 'none', depth=2,
                               deit_impl='timm').eval()
     switches = [m for m in model.modules() if hasattr(m, 'fused_attn')]
@@ -312,7 +310,6 @@ def test_timm_attention_switch_gives_the_same_deit(bench):
 
 
 def test_deit_impl_option_and_rows(bench, monkeypatch):
-    pytest.importorskip('timm')
     args = bench.parse_args(['--device', 'cpu', '--resolutions', '32',
                              '--depth', '1', '--models', 'vim-ti',
                              'deit-ti-sdpa', '--deit-impl', 'timm',

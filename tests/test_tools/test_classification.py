@@ -200,6 +200,7 @@ def test_recipe_is_active_in_the_built_runner(imagenet, tmp_path):
     loss = runner.model.head.loss_module
     assert isinstance(loss, LabelSmoothLoss) and loss.label_smooth_val == 0.1
 
+    initial_head = runner.model.head.fc.weight.detach().clone()
     runner.train()
     # Mixup/CutMix soften the labels the head is trained on
     batch = next(iter(runner.train_dataloader))
@@ -234,6 +235,9 @@ def test_recipe_is_active_in_the_built_runner(imagenet, tmp_path):
     averaged = dict(ema_model.named_parameters())[weight]
     current = runner.model.head.fc.weight
     assert not torch.equal(averaged, current)
+    # it took the trained weights: an average that is never updated (a
+    # copy made before training) still holds the initial ones
+    assert not torch.equal(averaged, initial_head)
 
 
 DEMO = osp.join(CONFIGS, 'vim-tiny-p16_1xb32-200it_synthetic-in1k-64px.py')
