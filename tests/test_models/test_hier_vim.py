@@ -121,6 +121,24 @@ def test_frozen_stages_and_norm_eval():
     assert all(not p.requires_grad for m in frozen for p in m.parameters())
     assert model.stages[2].training and model.norm2.weight.requires_grad
     assert not model.bn_probe.training
+    # and in a training step: the frozen part and the BN statistics stay,
+    # the rest learns
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stats = model.bn_probe.running_mean.clone()
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.1)
+    outs = model(torch.randn(2, 3, 64, 64))
+    probe = model.bn_probe(torch.randn(2, 4, 3, 3) + 5)
+    (sum(o.square().mean() for o in outs) + probe.mean()).backward()
+    optimizer.step()
+    for name, p in model.named_parameters():
+        frozen_part = name.startswith(('patch_embed.', 'stages.0.',
+                                       'stages.1.', 'norm0.', 'norm1.'))
+        if frozen_part:
+            assert torch.equal(p, before[name]), name
+    assert not torch.equal(model.stages[2].blocks[0].mixer.in_proj.weight,
+                           before['stages.2.blocks.0.mixer.in_proj.weight'])
+    assert torch.equal(model.bn_probe.running_mean, stats)
 
 
 def test_pretrained_classifier_loads_into_dense_backbone(tmp_path, capsys):

@@ -164,14 +164,25 @@ def test_image_demo_draws_detections(coco, trained, tmp_path):
     config, _, ckpt = trained
     out = str(tmp_path / 'det.png')
     image = sorted(glob.glob(osp.join(coco, 'val2017', '*.jpg')))[0]
+    # every detection drawn (--score-thr 0): a short training's scores
+    # may all be below the default 0.3
     demo = _run(osp.join(ROOT, 'tools', 'demo', 'image_demo.py'), image,
-                config, ckpt, '--out-file', out)
+                config, ckpt, '--out-file', out, '--score-thr', '0')
     assert demo.returncode == 0, demo.stderr[-3000:]
     import cv2
+    import numpy as np
     drawn = cv2.imread(out)  # input and prediction, enlarged side by side
     source = cv2.imread(image)
-    assert drawn.shape[0] > source.shape[0] and \
-        drawn.shape[1] > 2 * source.shape[1]
+    height, width = source.shape[:2]
+    factor = -(-384 // min(height, width))  # to at least 384 px
+    big = (width * factor, height * factor)
+    assert drawn.shape[:2] == (28 + big[1], 2 * big[0] + 8)
+    enlarged = cv2.resize(source, big, interpolation=cv2.INTER_NEAREST)
+    panels = [drawn[28:, k * (big[0] + 8):k * (big[0] + 8) + big[0]]
+              .astype(int) for k in range(2)]
+    assert np.abs(panels[0] - enlarged).max() <= 2  # png of the jpg's pixels
+    changed = np.abs(panels[1] - enlarged).max(-1) > 30
+    assert changed.mean() > 0.01  # boxes and masks drawn over the input
 
 
 def test_resume_continues_at_saved_iteration(coco, trained):
