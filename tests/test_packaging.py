@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import os.path as osp
+import re
 import shutil
 import subprocess
 import sys
@@ -253,4 +254,10 @@ def test_mim_trains_and_tests_a_config_of_the_installed_package(
                  '--cfg-options', *loaders, env=env, cwd=cwd)
     assert osp.join(site, 'mmvim', '.mim', 'tools', 'test.py') in \
         tested.stdout
-    assert 'accuracy/top1:' in tested.stdout + tested.stderr
+    # the same checkpoint on the same val set: the training run's top-1
+    validated, = [row['accuracy/top1'] for row in logged
+                  if 'accuracy/top1' in row]
+    scored = re.findall(r'accuracy/top1: ([0-9.]+)',
+                        tested.stdout + tested.stderr)
+    assert scored and float(scored[-1]) == pytest.approx(validated,
+                                                         abs=1e-4)
