@@ -113,34 +113,39 @@ def test_bad_arguments_are_clear(dataset, tmp_path):
     assert amp.returncode != 0 and '--amp needs a CUDA GPU' in amp.stderr
 
 
-def _free_port():
-    import socket
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-def test_dist_train_runs_two_processes(dataset, small_config, tmp_path):
-    """tools/dist_train.sh with 2 processes on the CPU (gloo)."""
-    import os
+def test_dist_train_runs_two_processes(dataset, tmp_path):
+    """tools/dist_train.sh with 2 processes on the CPU (gloo): the ranks
+    see disjoint images and keep identical weights; dist_test.sh scores
+    every val image once, with the single-process top-1."""
+    from small_runs import (check_two_gloo_ranks, launch, options,
+                            probe_env, tiny_classifier_config)
+    config = tiny_classifier_config(
+        tmp_path / 'ranked.py', "custom_hooks = [dict(type='RankRecordHook')]")
     work_dir = str(tmp_path / 'dist')
-    env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()))
-    result = subprocess.run(
-        ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), small_config, '2',
-         '--work-dir', work_dir, *_options(dataset, 2),
-         'env_cfg.dist_cfg.backend=gloo'],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    result = launch('dist_train.sh', config, '2', '--work-dir', work_dir,
+                    *options(dataset, 2, 'env_cfg.dist_cfg.backend=gloo'))
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert 'Distributed training: True' in log and 'GPU number: 2' in log
+    check_two_gloo_ranks(work_dir, batch_size=4)
     ckpt = osp.join(work_dir, 'iter_2.pth')
-    assert osp.isfile(ckpt)
 
-    env['PORT'] = str(_free_port())
-    test = subprocess.run(
-        ['bash', osp.join(ROOT, 'tools', 'dist_test.sh'), small_config, ckpt,
-         '2', '--work-dir', str(tmp_path / 'dist_test'),
-         *_options(dataset, 2), 'env_cfg.dist_cfg.backend=gloo'],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    out = str(tmp_path / 'dist_preds.pkl')
+    test = launch('dist_test.sh', config, ckpt, '2', '--work-dir',
+                  str(tmp_path / 'dist_test'), '--out', out,
+                  *options(dataset, 2, 'env_cfg.dist_cfg.backend=gloo'))
     assert test.returncode == 0, test.stderr[-3000:]
-    assert re.search(r"'accuracy/top1': [0-9.]+", test.stdout)
+    top1 = float(re.search(r"'accuracy/top1': ([0-9.]+)", test.stdout)[1])
+    with open(out, 'rb') as f:
+        preds = pickle.load(f)
+    with open(osp.join(dataset, 'meta', 'val.txt')) as f:
+        val = sorted(line.split()[0] for line in f)
+    assert sorted(osp.basename(p['img_path']) for p in preds) == \
+        sorted(osp.basename(v) for v in val)
+    single = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'test.py'), config, ckpt,
+         '--work-dir', str(tmp_path / 'single_test'), *options(dataset, 2)],
+        capture_output=True, text=True, cwd=ROOT, env=probe_env())
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert float(re.search(r"'accuracy/top1': ([0-9.]+)",
+                           single.stdout)[1]) == pytest.approx(top1)
