@@ -30,17 +30,24 @@ def add_runner_args(parser):
     return parser
 
 
+def load_config(path, cfg_options=None):
+    """The config file ``path`` with ``cfg_options`` (the dict of
+    --cfg-options) merged in; a missing file is a user error."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config {path} not found')
+    cfg = Config.fromfile(path)
+    if cfg_options is not None:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
 def config_from_args(args):
     """The config of ``args.config`` with --cfg-options, --launcher and the
     work dir (--work-dir, the config's, or ./work_dirs/CONFIG_NAME)."""
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
-    if not osp.isfile(args.config):
-        raise FileNotFoundError(f'config {args.config} not found')
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
