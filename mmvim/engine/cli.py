@@ -95,6 +95,8 @@ KNOWN_WARNINGS = [
     (r'To copy construct from a tensor',
      r'mmdet\.models\.roi_heads\.mask_heads\.fcn_mask_head',
      "torch's advice about a copy in mmdet's mask head"),
+    (r'`isinstance\(treespec, LeafSpec\)` is deprecated', r'copyreg',
+     "torch 2.11's own pytree code, printed by every ONNX export"),
 ]
 
 
