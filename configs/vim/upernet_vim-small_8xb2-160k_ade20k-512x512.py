@@ -9,6 +9,9 @@ model = dict(
         arch='small',
         init_cfg=dict(checkpoint='checkpoints/vim_s_midclstok_80p5acc.pth')),
     neck=dict(embed_dim=384),
-    decode_head=dict(in_channels=[384, 384, 384, 384]),
+    # the reference's UPerHead width is the backbone's (hustvl/Vim,
+    # seg/configs/vim/upernet/upernet_vim_small_24_512_slide_60k.py:
+    # channels=384), not mmseg's 512: the paper's 46M parameters
+    decode_head=dict(in_channels=[384, 384, 384, 384], channels=384),
     auxiliary_head=dict(in_channels=384))
 optim_wrapper = dict(paramwise_cfg=dict(layer_decay_rate=0.95))

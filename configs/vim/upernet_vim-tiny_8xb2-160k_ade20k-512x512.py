@@ -18,6 +18,9 @@ model = dict(
             type='Pretrained',
             checkpoint='checkpoints/vim_t_midclstok_76p1acc.pth')),
     neck=dict(embed_dim=192),
-    decode_head=dict(in_channels=[192, 192, 192, 192]),
+    # the reference's UPerHead width is the backbone's (hustvl/Vim,
+    # seg/configs/vim/upernet/upernet_vim_tiny_24_512_slide_60k.py:
+    # channels=192), not mmseg's 512: the paper's 13M parameters
+    decode_head=dict(in_channels=[192, 192, 192, 192], channels=192),
     auxiliary_head=dict(in_channels=192))
 optim_wrapper = dict(paramwise_cfg=dict(layer_decay_rate=0.92))
