@@ -57,15 +57,23 @@ def causal_conv1d_tokens(x, weight, bias=None, reverse=False):
         (b, L, E) in the promoted dtype of x and weight.
     """
     weight = weight.reshape(weight.shape[0], -1)
-    width, length = weight.shape[1], x.shape[1]
-    pad = (0, 0, width - 1, 0) if not reverse else (0, 0, 0, width - 1)
-    xp = F.pad(x, pad)
     out = None
-    for k in range(width):
-        start = k if not reverse else width - 1 - k
-        term = xp[:, start:start + length] * weight[:, k]
+    for k, window in enumerate(_tap_windows(x, weight.shape[1], reverse)):
+        term = window * weight[:, k]
         out = term if out is None else out + term
     return out if bias is None else out + bias
+
+
+def _tap_windows(x, width, reverse):
+    """The (b, L, E) slices of zero-padded x that tap k multiplies:
+    ``x[:, t - (K-1) + k]`` (causal) or ``x[:, t + (K-1) - k]`` (reverse),
+    for k = 0 .. width - 1."""
+    length = x.shape[1]
+    pad = (0, 0, width - 1, 0) if not reverse else (0, 0, 0, width - 1)
+    xp = F.pad(x, pad)
+    for k in range(width):
+        start = k if not reverse else width - 1 - k
+        yield xp[:, start:start + length]
 
 
 def conv_silu_backward(x, weight, bias, reverse, du):
@@ -92,13 +100,8 @@ def conv_silu_backward(x, weight, bias, reverse, du):
     sig = torch.sigmoid(v)
     g = du.to(compute) * sig * (1 + v * (1 - sig))
     dx = causal_conv1d_tokens(g, taps, None, not reverse)
-    width, length = taps.shape[1], x.shape[1]
-    pad = (0, 0, width - 1, 0) if not reverse else (0, 0, 0, width - 1)
-    xp = F.pad(xc, pad)
-    columns = []
-    for k in range(width):
-        start = k if not reverse else width - 1 - k
-        columns.append((g * xp[:, start:start + length]).sum((0, 1)))
+    columns = [(g * window).sum((0, 1))
+               for window in _tap_windows(xc, taps.shape[1], reverse)]
     dweight = torch.stack(columns, dim=1).reshape(weight.shape)
     dbias = None if bias is None else g.sum((0, 1)).to(bias.dtype)
     return dx.to(x.dtype), dweight.to(weight.dtype), dbias
