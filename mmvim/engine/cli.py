@@ -1,8 +1,9 @@
 """What the command-line tools share: the runner arguments of
 ``tools/train.py`` and ``tools/test.py``, the config they build from them,
-and how a user's mistake ends (its message alone, non-zero exit status;
+the JSON they write their results to, and how a user's mistake ends (its message alone, non-zero exit status;
 tracebacks are for bugs)."""
 import contextlib
+import json
 import os
 import os.path as osp
 import warnings
@@ -54,6 +55,15 @@ def config_from_args(args):
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
     return cfg
+
+
+def write_json(path, data):
+    """Write a tool's results to ``path`` as indented JSON, creating its
+    folder."""
+    if osp.dirname(path):
+        os.makedirs(osp.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(data, f, indent=2)
 
 
 def _user_errors():

@@ -18,9 +18,7 @@ reading, never asserted.
 """
 import argparse
 import datetime
-import json
 import os
-import os.path as osp
 import platform
 import statistics
 import time
@@ -32,7 +30,8 @@ from mmengine.config import DictAction
 
 import mmvim  # noqa: F401  (registers the Vim modules, safe checkpoint loading)
 from mmvim.deployment import OnnxExportWrapper, OnnxRunner, load_model
-from mmvim.engine import exit_on_user_error, quiet_known_warnings
+from mmvim.engine import (exit_on_user_error, quiet_known_warnings,
+                          write_json)
 from mmvim.ops import select_scan_impl
 
 
@@ -131,10 +130,7 @@ def main(argv=None):
     print(f'ONNX Runtime / eager time: {result["onnx_vs_eager"]:.2f}x; '
           f'outputs differ by {rel_l2:.1e} (relative L2)')
     if args.out:
-        if osp.dirname(args.out):
-            os.makedirs(osp.dirname(args.out), exist_ok=True)
-        with open(args.out, 'w') as f:
-            json.dump(result, f, indent=2)
+        write_json(args.out, result)
         print(f'wrote {args.out}')
     return result
 

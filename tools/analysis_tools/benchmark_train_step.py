@@ -50,7 +50,6 @@ asserted by tests.
 import argparse
 import copy
 import datetime
-import json
 import math
 import os
 import os.path as osp
@@ -66,7 +65,8 @@ import torch
 from mmengine.config import DictAction
 
 import mmvim  # noqa: F401  (registers Vim, SimpleFPN, LN2d, the constructors)
-from mmvim.engine import exit_on_user_error, load_config, quiet_known_warnings
+from mmvim.engine import (exit_on_user_error, load_config,
+                          quiet_known_warnings, write_json)
 
 SCOPES = ('mmseg', 'mmdet', 'mmpretrain')
 # COCO train2017 holds 860k instances in 118k images: 7.3 per image
@@ -567,10 +567,7 @@ def main(argv=None):
         if args.device == 'cuda' else None,
         load_average_at_end=[round(x, 2) for x in os.getloadavg()])
     print_table(result)
-    if osp.dirname(args.out):
-        os.makedirs(osp.dirname(args.out), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(result, f, indent=2)
+    write_json(args.out, result)
     print(f'\nwrote {args.out}')
     return result
 

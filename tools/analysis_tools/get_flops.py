@@ -28,8 +28,6 @@ map).
 import argparse
 import contextlib
 import glob
-import json
-import os
 import os.path as osp
 import sys
 from collections import Counter
@@ -340,10 +338,8 @@ def main(argv=None):
     mismatched = [r['config'] for r in results
                   if r.get('ssm_flops_counted') != r.get('ssm_flops_formula')]
     if args.out:
-        if osp.dirname(args.out):
-            os.makedirs(osp.dirname(args.out), exist_ok=True)
-        with open(args.out, 'w') as f:
-            json.dump(results, f, indent=2)
+        from mmvim.engine import write_json
+        write_json(args.out, results)
         print(f'wrote {args.out}')
     if mismatched:
         print('the counted scan FLOPs differ from the formula for: '
