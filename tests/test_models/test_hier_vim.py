@@ -8,6 +8,7 @@ import torch.nn as nn
 from mmengine.registry import DefaultScope
 
 from mmvim.models import BiMambaMixer, HierVim
+from saved_for_backward import step_with_saved_bytes
 
 # the paper's Table (appendix C): params with a 1000-class linear head
 PAPER_PARAMS = {'tiny': 30e6, 'small': 50e6, 'base': 89e6}
@@ -215,24 +216,9 @@ def test_activation_checkpointing():
     ckpt = HierVim(with_cp=True, **kw).train()
     ckpt.load_state_dict(plain.state_dict())
     x = torch.randn(2, 3, 64, 64, requires_grad=True)
-    skip = {t.untyped_storage().data_ptr()
-            for t in [x, *plain.parameters(), *ckpt.parameters()]}
-    results = []
-    for model in (plain, ckpt):
-        storages = {}
-
-        def pack(t):
-            ptr = t.untyped_storage().data_ptr()
-            if ptr not in skip:
-                storages[ptr] = t.untyped_storage().nbytes()
-            return t
-
-        torch.manual_seed(7)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            outs = model(x)
-        loss = sum(o.square().sum() for o in outs)
-        grads = torch.autograd.grad(loss, [x] + list(model.parameters()))
-        results.append((outs, grads, sum(storages.values())))
+    skip = [x, *plain.parameters(), *ckpt.parameters()]
+    results = [step_with_saved_bytes(model, x, skip)
+               for model in (plain, ckpt)]
     (outs, grads, saved), (outs_cp, grads_cp, saved_cp) = results
     for o_cp, o in zip(outs_cp, outs):
         torch.testing.assert_close(o_cp, o)

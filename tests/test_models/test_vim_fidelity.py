@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from mmvim.models import Vim
 from mmvim.models.layers import apply_reference_rope, rope_tables
 from mmvim.ops import selective_scan_ref
+from saved_for_backward import step_with_saved_bytes
 
 TINY = dict(embed_dims=16, depth=2)
 CONFIGS = osp.join(osp.dirname(osp.dirname(osp.dirname(
@@ -394,28 +395,14 @@ def test_activation_checkpointing(options):
               drop_path_rate=0.2, out_type='raw', **options)
     plain, ckpt = Vim(**kw).train(), Vim(with_cp=True, **kw).train()
     ckpt.load_state_dict(plain.state_dict())
-    params = {p.untyped_storage().data_ptr() for p in plain.parameters()} | \
-        {p.untyped_storage().data_ptr() for p in ckpt.parameters()}
     x = torch.randn(2, 3, 64, 64, requires_grad=True)
-    params.add(x.untyped_storage().data_ptr())  # the image: kept by both
-    results = []
-    for model in (plain, ckpt):
-        storages = {}
-
-        def pack(t):
-            ptr = t.untyped_storage().data_ptr()
-            if ptr not in params:
-                storages[ptr] = t.untyped_storage().nbytes()
-            return t
-
-        torch.manual_seed(7)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = model(x)[0]
-        grads = torch.autograd.grad(out.square().sum(),
-                                    [x] + list(model.parameters()))
-        results.append((out, grads, sum(storages.values())))
-    (out, grads, saved), (out_cp, grads_cp, saved_cp) = results
-    torch.testing.assert_close(out_cp, out)
+    # the parameters and the image: kept by both
+    skip = [x, *plain.parameters(), *ckpt.parameters()]
+    results = [step_with_saved_bytes(model, x, skip)
+               for model in (plain, ckpt)]
+    (outs, grads, saved), (outs_cp, grads_cp, saved_cp) = results
+    for o_cp, o in zip(outs_cp, outs):
+        torch.testing.assert_close(o_cp, o)
     for g_cp, g in zip(grads_cp, grads):
         torch.testing.assert_close(g_cp, g)
     print(f'{options}: saved for backward {saved} -> {saved_cp} bytes')
