@@ -11,10 +11,11 @@ From ``xz`` (b, L, 2E), the output of the mixer's in_proj, to the gated
         delta = dt_proj(dt)                       bias added in the scan
     y = scan of both directions, with the gate
 
-The kernel reads x, z (halves of xz), B, C (slices of x_proj's output) and
-delta where they are and computes the conv again itself, so u is used only
-to feed x_proj and then freed: the operator saves xz and the scan's tile
-states for backward, nothing else of size b * L * E. Its backward recomputes
+The kernel reads z (half of xz), B, C (slices of x_proj's output) and
+delta where they are; the CUDA kernel reads x too and computes the conv
+again itself, the CPU kernel reads u. Either way u is freed after the
+forward: the operator saves xz and the scan's tile states for backward,
+nothing else of size b * L * E. Its backward recomputes
 u, delta, B and C (the conv and two thin matmuls) and differentiates that
 part by explicit formulas (no autograd inside a backward, so that
 ``torch.compile`` and ``torch.export`` trace it).
@@ -27,12 +28,16 @@ import torch
 import torch.nn.functional as F
 
 from .causal_conv1d import causal_conv1d_silu_tokens, conv_silu_backward
-from .selective_scan_kernel import compute_dtypes, kernel_ops
+from .selective_scan_kernel import compute_dtypes, kernel_module, kernel_ops
 
 # per direction: conv weight, conv bias, x_proj weight, dt_proj weight,
 # dt_proj bias, A_log, D
 PARAMS_PER_DIRECTION = 7
 OP_NAME = 'mmvim::bimamba_inner'
+# kernels that compute the depthwise conv + SiLU again from x rather than
+# reading u: on a GPU that saves a pass over u; on the CPU computing it
+# twice costs more than reading it (about 2 ms of a 56 ms Vim-Ti forward)
+FUSED_CONV_KINDS = ('cuda', 'simt')
 
 
 def _prepare(x, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
@@ -45,17 +50,22 @@ def _prepare(x, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
     return u, x_dbl, delta
 
 
-def _kernel_direction(x, x_dbl, delta, params, dt_rank, d_state, data,
-                      weight):
-    """The kernel's list [x, conv_w, conv_b, delta, A, B, C, D, bias]."""
+def _kernel_direction(x, u, x_dbl, delta, params, dt_rank, d_state, data,
+                      weight, kind):
+    """The kernel's list [x, conv_w, conv_b, delta, A, B, C, D, bias]: x
+    and the conv for the kernels that fuse it (``FUSED_CONV_KINDS``), else
+    u, the conv's output, which x_proj needed anyway, and no conv."""
     conv_w, conv_b, _, _, dt_bias, A_log, D = params
     B = x_dbl[..., dt_rank:dt_rank + d_state].unsqueeze(2)  # (b, L, 1, N)
     C = x_dbl[..., dt_rank + d_state:].unsqueeze(2)
     bc = data if x_dbl.dtype == data else weight
-    return [x.to(data), conv_w.reshape(conv_w.shape[0], -1).to(weight),
-            None if conv_b is None else conv_b.to(weight), delta.to(data),
-            -torch.exp(A_log.to(weight)), B.to(bc), C.to(bc), D.to(weight),
-            dt_bias.to(weight)]
+    if kind in FUSED_CONV_KINDS:
+        conv = [x.to(data), conv_w.reshape(conv_w.shape[0], -1).to(weight),
+                None if conv_b is None else conv_b.to(weight)]
+    else:
+        conv = [u.to(data), None, None]
+    return conv + [delta.to(data), -torch.exp(A_log.to(weight)), B.to(bc),
+                   C.to(bc), D.to(weight), dt_bias.to(weight)]
 
 
 def _directions(params):
@@ -64,16 +74,28 @@ def _directions(params):
 
 
 def _forward(xz, params, dt_rank, d_state, scale, kind):
-    """(out (b, L, E) in xz's dtype, the scan's states)."""
+    """(out (b, L, E) in xz's dtype, the scan's states): :func:`_compose`,
+    which the CPU extension also has in C++ (``mixer_forward``, the same
+    ops in one call)."""
+    if kind == 'cpu':
+        out, states = kernel_module(kind).mixer_forward(
+            xz, params, dt_rank, d_state, scale)
+        return out, states
+    return _compose(xz, params, dt_rank, d_state, scale, kind)
+
+
+def _compose(xz, params, dt_rank, d_state, scale, kind):
+    """The forward in Python: the input side of each direction
+    (:func:`_prepare`), then one scan of both with the gate."""
     dim = xz.shape[-1] // 2
     x, z = xz[..., :dim], xz[..., dim:]
     data, weight = compute_dtypes(kind, xz)
     kernel_dirs = []
     for k, p in enumerate(_directions(params)):
-        _, x_dbl, delta = _prepare(x, p[0], p[1], p[2], p[3], dt_rank, k == 1,
+        u, x_dbl, delta = _prepare(x, p[0], p[1], p[2], p[3], dt_rank, k == 1,
                                    kind)
-        kernel_dirs += _kernel_direction(x, x_dbl, delta, p, dt_rank,
-                                         d_state, data, weight)
+        kernel_dirs += _kernel_direction(x, u, x_dbl, delta, p, dt_rank,
+                                         d_state, data, weight, kind)
     out, states, _ = kernel_ops(kind).scan_fwd(*kernel_dirs, z.to(data),
                                                False, True, scale, False)
     return out.to(xz.dtype), states
@@ -127,9 +149,9 @@ def _backward(ctx, dout, dstates):
             for k, p in enumerate(_directions(params))
         ]
     kernel_dirs = []
-    for (_, x_dbl, delta), p in zip(prepared, _directions(params)):
-        kernel_dirs += _kernel_direction(x, x_dbl, delta, p, dt_rank,
-                                         d_state, data, weight)
+    for (u, x_dbl, delta), p in zip(prepared, _directions(params)):
+        kernel_dirs += _kernel_direction(x, u, x_dbl, delta, p, dt_rank,
+                                         d_state, data, weight, kind)
     *grads, dz = kernel_ops(kind).scan_bwd(
         *kernel_dirs, z.to(data), dout.to(data).contiguous(), states, False,
         True, opts['scale'])

@@ -4,7 +4,10 @@ Sources live in ``ops/<op>/csrc``: next to the package in a checkout,
 ``mmvim/.mim/ops`` in an installed package (see
 :func:`find_ops_source_dir`). Three kinds of build:
 
-- ``cpu``: the C++ sources of the CPU kernel, with OpenMP;
+- ``cpu``: the C++ sources of the CPU kernel, with OpenMP, for this CPU
+  (``-march=native`` on x86-64; ``MMVIM_CPU_ARCH`` names another
+  ``-march`` target, e.g. ``x86-64-v3`` for a cluster whose nodes lack
+  AVX-512);
 - ``cuda``: the CUDA sources with nvcc, for the visible GPU's architecture
   (``TORCH_CUDA_ARCH_LIST`` overrides it; ``8.0;9.0+PTX`` without a GPU);
 - ``simt``: the same CUDA sources with the host C++ compiler and
@@ -38,6 +41,8 @@ EXTENSIONS_DIR_ENV = 'MMVIM_EXTENSIONS_DIR'
 # MMVIM_SIMT_SANITIZE=address builds the emulated kernels with
 # AddressSanitizer (the process must preload libasan; see the tests)
 SANITIZE_ENV = 'MMVIM_SIMT_SANITIZE'
+# MMVIM_CPU_ARCH: the CPU kernel's -march target instead of native
+CPU_ARCH_ENV = 'MMVIM_CPU_ARCH'
 
 
 def find_ops_source_dir(package_dir):
@@ -74,7 +79,10 @@ def _cpu_flags():
     # -fopenmp: at::parallel_for is an OpenMP region compiled in our unit
     flags = ['-O3', '-fopenmp']
     features = ''
-    if os.uname().machine in ('x86_64', 'AMD64'):
+    arch = os.environ.get(CPU_ARCH_ENV, '').strip()
+    if arch:
+        flags.append(f'-march={arch}')
+    elif os.uname().machine in ('x86_64', 'AMD64'):
         flags.append('-march=native')
         try:
             with open('/proc/cpuinfo') as f:

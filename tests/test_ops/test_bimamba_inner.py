@@ -80,10 +80,11 @@ def test_fused_mixer_under_bfloat16_autocast(scan_kind):
 
 
 def test_kernel_reads_the_linear_outputs_in_place(scan_kind, monkeypatch):
-    """x and z reach the kernel as the halves of in_proj's output, B and C
-    as slices of x_proj's: no transposes or copies on the Python side (on
-    the CUDA kernel; the CPU kernel computes in float32 and gets the same
-    views for float32 data)."""
+    """z reaches the kernel as a half of in_proj's output, B and C as
+    slices of x_proj's: no transposes or copies on the Python side (on the
+    CUDA kernel; the CPU kernel computes in float32 and gets the same views
+    for float32 data). The CUDA kernel gets x, the other half, and the conv
+    to compute u itself; the CPU kernel gets u, token-major, and no conv."""
     inner_module = importlib.import_module('mmvim.ops.bimamba_inner')
     name, device = scan_kind
     mixer = _mixer(16, device)
@@ -106,22 +107,50 @@ def test_kernel_reads_the_linear_outputs_in_place(scan_kind, monkeypatch):
 
     monkeypatch.setattr(inner_module, 'kernel_ops',
                         lambda kind: Spy(real(kind)))
-    with torch.no_grad():
-        bimamba_inner(xz, mixer._direction_params(''),
-                      mixer._direction_params('_b'), mixer.dt_rank,
-                      mixer.d_state, kind=name)
+    with torch.no_grad():  # the Python composition (the CPU's is in C++)
+        inner_module._compose(
+            xz, [*mixer._direction_params(''),
+                 *mixer._direction_params('_b')], mixer.dt_rank,
+            mixer.d_state, 0.5, name)
     storage = xz.untyped_storage().data_ptr()
     assert seen['z'].untyped_storage().data_ptr() == storage
     for direction in seen['dirs']:
         x, delta, B, C = direction[0], direction[3], direction[5], \
             direction[6]
-        assert x.untyped_storage().data_ptr() == storage
-        assert x.stride() == (9 * 64, 64, 1)  # token-major rows of xz
+        if name in inner_module.FUSED_CONV_KINDS:
+            assert x.untyped_storage().data_ptr() == storage
+            assert x.stride() == (9 * 64, 64, 1)  # token-major rows of xz
+            assert direction[1].shape == (32, 4)  # the conv's weight
+        else:
+            assert x.is_contiguous() and x.shape == (1, 9, 32)  # u
+            assert direction[1] is None and direction[2] is None
         assert delta.is_contiguous() and delta.shape == (1, 9, 32)
         # B and C: (b, L, 1, N) slices of one (b, L, R + 2N) x_proj output
         assert B.untyped_storage().data_ptr() == \
             C.untyped_storage().data_ptr()
         assert B.shape == (1, 9, 1, 16) and B.stride()[1] == mixer.dt_rank + 32
+
+
+@pytest.mark.parametrize('autocast', [False, True])
+def test_cpu_mixer_forward_is_the_python_composition(autocast):
+    """The CPU extension's one-call forward (mixer_forward) runs the same
+    ops as the Python composition (_compose): equal to the last bit, in
+    float32 and under bfloat16 autocast."""
+    inner_module = importlib.import_module('mmvim.ops.bimamba_inner')
+    mixer = _mixer(24, 'cpu', conv_bias=False)
+    params = [*mixer._direction_params(''), *mixer._direction_params('_b')]
+    params[1] = params[8] = torch.zeros(48)  # as bimamba_inner fills them
+    with torch.no_grad(), torch.autocast('cpu', torch.bfloat16,
+                                         enabled=autocast):
+        xz = mixer.in_proj(torch.randn(2, 33, 24))
+        out, states = inner_module._forward(xz, params, mixer.dt_rank,
+                                            mixer.d_state, 0.5, 'cpu')
+        want, want_states = inner_module._compose(
+            xz, params, mixer.dt_rank, mixer.d_state, 0.5, 'cpu')
+    assert out.dtype == xz.dtype == (torch.bfloat16 if autocast
+                                     else torch.float32)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    assert states.numel() == want_states.numel() == 0
 
 
 @pytest.mark.parametrize('reverse', [False, True])

@@ -275,3 +275,36 @@ def test_failed_build_falls_back_with_a_warning(tmp_path):
     assert 'could not build the cpu selective_scan kernel: /bin/sh: 1: ' \
         '/nonexistent/c++: not found' in result.stderr, result.stderr
     assert 'scans on cpu use the pure-PyTorch reference' in result.stderr
+
+
+def test_portable_vector_code_without_avx512():
+    """The kernel's vector type has an AVX-512 implementation and a portable
+    one (any other CPU, float64). This machine's build takes AVX-512 where
+    the CPU has it; the forward, gradient and mixer tests of this file and
+    test_bimamba_inner.py then run again, in a subprocess, on a build for
+    x86-64-v3 (AVX2, no AVX-512; MMVIM_CPU_ARCH)."""
+    if os.uname().machine != 'x86_64':
+        pytest.skip('the AVX-512 code exists on x86-64 only')
+    with open('/proc/cpuinfo') as f:
+        has_avx512 = ' avx512f' in next(
+            line for line in f if line.startswith('flags'))
+    assert build_kernel('cpu').simd == ('avx512' if has_avx512 else
+                                        'portable')
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, MMVIM_CPU_ARCH='x86-64-v3')
+    check = subprocess.run(
+        [sys.executable, '-c', 'from mmvim.ops.selective_scan_kernel import '
+         "build_kernel; print(build_kernel('cpu').simd)"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert check.returncode == 0 and check.stdout.split()[-1] == 'portable', \
+        check.stderr
+    result = subprocess.run(
+        [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+         os.path.join(here, 'test_selective_scan_cpu.py'),
+         os.path.join(here, 'test_bimamba_inner.py'), '-k',
+         '(forward_matches or gradients_match or bi_scan_equals or '
+         'float64_is_exact or mixer) and not simt'],
+        env=env, capture_output=True, text=True, timeout=900, cwd=here)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert ' passed' in result.stdout and 'skipped' not in result.stdout
+

@@ -12,15 +12,19 @@
 // (silu(z_t) if z given), token-major (b, L, E).
 //
 // Work is split in blocks of kLanes channels that share their B row and
-// their C row, one SIMD lane per channel: B and C of a token are scalars
+// their C row, one SIMD lane per channel (Vec<T>, cpu_vec.h: one AVX-512
+// register for float where the CPU has it): B and C of a token are scalars
 // broadcast to every lane, so the forward pass needs no horizontal sum.
 // Each block gathers its channels (any strides: the token-major outputs of
-// the linear layers are read where they are) into lane-major scratch
-// buffers (token-major, kLanes wide), with the depthwise conv, softplus,
-// the z gate and their derivatives computed on the way in and out, so no
-// element-wise ATen op or (B, E, L) temporary is needed. The backward pass
-// recomputes the states of a block (no (B, E, L, N) tensor is kept, and the
-// forward saves no states).
+// the linear layers are read where they are, their rows prefetched a few
+// tokens ahead) into lane-major rows, kChunk tokens at a time in the
+// forward pass, with the depthwise conv, softplus, the z gate and their
+// derivatives computed on the way in and out, so no element-wise ATen op
+// or (B, E, L) temporary is needed. exp(delta A) is exp2(delta A log2 e),
+// a polynomial and an exponent scaling. The backward pass recomputes the
+// states of a block (no (B, E, L, N) tensor is kept, and the forward saves
+// no states). mixer_forward runs Vim's whole mixer between in_proj and
+// out_proj in one call.
 #include <ATen/ATen.h>
 
 #include <ATen/Parallel.h>
@@ -36,6 +40,7 @@
 #include <optional>
 #include <vector>
 
+#include "cpu_vec.h"
 #include "selective_scan_interface.h"
 
 namespace {
@@ -44,83 +49,18 @@ using mmvim_scan::DirTensors;
 using mmvim_scan::new_output;
 using mmvim_scan::Sizes;
 
-// exp, log for float written without calls so that loops vectorise:
-// Cody-Waite range reduction and a degree-7 polynomial (relative error
-// < 1e-7 over the float range); Cephes' logf polynomial. double uses the
-// standard library (gradcheck runs in double).
-inline float fast_exp(float x) {
-  x = std::max(-87.0f, std::min(88.0f, x));
-  const float k = (x * 1.4426950408889634f + 12582912.0f) - 12582912.0f;
-  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
-  float p = 1.9841270e-4f;
-  p = p * r + 1.3888889e-3f;
-  p = p * r + 8.3333333e-3f;
-  p = p * r + 4.1666667e-2f;
-  p = p * r + 1.6666667e-1f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-inline double fast_exp(double x) { return std::exp(x); }
-
-inline float fast_log(float x) {  // x > 0, normal
-  int32_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  const int32_t e = ((bits >> 23) & 0xff) - 127;
-  const int32_t mbits = (bits & 0x007fffff) | 0x3f800000;
-  float m;
-  std::memcpy(&m, &mbits, sizeof(m));
-  const float big = m > 1.41421356f ? 1.0f : 0.0f;
-  m = m * (1.0f - 0.5f * big);
-  const float ef = static_cast<float>(e) + big;
-  const float f = m - 1.0f, z = f * f;
-  float p = 7.0376836292e-2f;
-  p = p * f - 1.1514610310e-1f;
-  p = p * f + 1.1676998740e-1f;
-  p = p * f - 1.2420140846e-1f;
-  p = p * f + 1.4249322787e-1f;
-  p = p * f - 1.6668057665e-1f;
-  p = p * f + 2.0000714765e-1f;
-  p = p * f - 2.4999993993e-1f;
-  p = p * f + 3.3333331174e-1f;
-  const float y = f * z * p - 2.12194440e-4f * ef - 0.5f * z;
-  return f + y + 0.693359375f * ef;
-}
-inline double fast_log(double x) { return std::log(x); }
-
-// log1p(q) for q in [0, 1]: log(1 + q) * q / ((1 + q) - 1) keeps small q
-// accurate; where 1 + q rounds to 1, log1p(q) = q. Blends, no branches.
-template <typename T>
-inline T log1p_unit(T q) {
-  const T u = T(1) + q;
-  const T m = u - T(1);
-  const T exact = m == T(0) ? T(1) : T(0);
-  return exact * q + (T(1) - exact) * fast_log(u) * (q / (m + exact));
-}
-
-// x <- softplus(x) = max(x, 0) + log1p(exp(-|x|)) over a buffer, in two
-// passes (one fused loop does not vectorise); tmp is scratch of size n.
-template <typename T>
-void softplus_inplace(T* x, T* tmp, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) tmp[i] = fast_exp(-std::fabs(x[i]));
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i)
-    x[i] = (x[i] > T(0) ? x[i] : T(0)) + log1p_unit(tmp[i]);
-}
-
-template <typename T>
-inline T sigmoid(T x) {
-  return T(1) / (T(1) + fast_exp(-x));
-}
+using mmvim_cpu::Vec;
 
 // channels per block: one 64-byte vector
 template <typename T>
-constexpr int kLanes = 64 / sizeof(T);
+constexpr int kLanes = Vec<T>::kSize;
+
+// tokens per chunk of the forward pass
+constexpr int64_t kChunk = 64;
+
+// tokens ahead whose rows are prefetched: a block reads one cache line of
+// each token-major row, a stride the hardware prefetchers do not follow
+constexpr int64_t kAhead = 8;
 
 // A block: channels e0 .. e0 + count - 1 (count <= kLanes), all in B
 // group gB and C group gC.
@@ -196,73 +136,89 @@ Direction<T> pointers(const DirTensors& d) {
   return p;
 }
 
-// Lane-major scratch of one thread: (L, W) buffers and (N, W) states.
+// Lane-major scratch of one thread for the backward pass: (L, W) rows of
+// u, delta, y and their gradients, the (L, N, W) states, (N, W) buffers.
 template <typename T>
 struct Scratch {
-  std::vector<T> u, d, acc, tmp, g, du, dd, H, h, Ab, dh, dAb;
-  Scratch(int64_t L, int64_t N, bool backward) {
+  std::vector<T> u, d, acc, g, du, dd, H, h, Ab, A2, dh, dAb;
+  Scratch(int64_t L, int64_t N) {
     constexpr int W = kLanes<T>;
-    for (auto* v : {&u, &d, &acc, &tmp}) v->assign(L * W, T(0));
-    for (auto* v : {&h, &Ab, &dh, &dAb}) v->assign(N * W, T(0));
-    if (backward) {
-      for (auto* v : {&g, &du, &dd}) v->assign(L * W, T(0));
-      H.assign(L * N * W, T(0));
-    }
+    for (auto* v : {&u, &d, &acc, &g, &du, &dd}) v->assign(L * W, T(0));
+    for (auto* v : {&h, &Ab, &A2, &dh, &dAb}) v->assign(N * W, T(0));
+    H.assign(L * N * W, T(0));
   }
 };
 
+// The lanes of a block from a row of channels with stride `stride`: one
+// vector load where the block is full and contiguous, else lane by lane
+// with the padding lanes zero.
+template <typename T>
+Vec<T> load_lanes(const T* row, int64_t stride, int count) {
+  if (count == Vec<T>::kSize && stride == 1) return Vec<T>::load(row);
+  alignas(64) T lanes[Vec<T>::kSize] = {};
+  for (int w = 0; w < count; ++w) lanes[w] = row[w * stride];
+  return Vec<T>::load(lanes);
+}
+
+template <typename T>
+void store_lanes(const Vec<T>& v, T* row, int64_t stride, int count) {
+  if (count == Vec<T>::kSize && stride == 1) return v.store(row);
+  alignas(64) T lanes[Vec<T>::kSize];
+  v.store(lanes);
+  for (int w = 0; w < count; ++w) row[w * stride] = lanes[w];
+}
+
+// A per-channel (E,) parameter's lanes, zero without it.
+template <typename T>
+Vec<T> param_lanes(const T* p, const Block& blk) {
+  return p ? load_lanes(p + blk.e0, 1, blk.count) : Vec<T>::broadcast(T(0));
+}
+
 // Gather u (the depthwise conv + silu of x when the direction has a conv,
 // causal in scan order) and the final delta (bias added, softplus applied)
-// of a block's channels into the lane-major scratch, by token; padding lanes
-// are zero. pre, when given, receives the conv's output before silu (the
-// backward of silu needs it).
+// of a block's channels at the tokens [t_lo, t_hi) into lane-major rows
+// t - t_lo of u_rows and d_rows; padding lanes of u are zero. A token's
+// channels are neighbours in the token-major inputs, so each row is one
+// vector load.
 template <typename T>
 void load_block(const Direction<T>& dir, const Sizes& s, int64_t b,
-                const Block& blk, bool softplus, Scratch<T>& sc) {
+                const Block& blk, int64_t t_lo, int64_t t_hi, bool softplus,
+                T* d_rows, T* u_rows) {
+  using V = Vec<T>;
   constexpr int W = kLanes<T>;
   const int64_t L = s.length;
   const int K = dir.conv_width;
   const int n = blk.count;
-  // token rows outer, lanes inner: a token's channels are neighbours in
-  // the token-major inputs, so each row is one or two cache lines
-  T bias[W], cb[W];
-  for (int w = 0; w < W; ++w) {
-    bias[w] = (w < n && dir.bias) ? dir.bias[blk.e0 + w] : T(0);
-    cb[w] = (w < n && dir.conv_b) ? dir.conv_b[blk.e0 + w] : T(0);
-  }
+  const V bias = param_lanes(dir.bias, blk), conv_b = param_lanes(dir.conv_b, blk);
+  std::vector<V> taps(K);  // tap k's weights of the block's channels
+  for (int k = 0; k < K; ++k)
+    taps[k] = load_lanes(dir.conv_w + blk.e0 * K + k, K, n);
   const T* x0 = dir.x + b * dir.x_sb + blk.e0 * dir.x_se;
   const T* d0 = dir.delta + b * dir.d_sb + blk.e0 * dir.d_se;
-  for (int64_t t = 0; t < L; ++t) {
-    T* d = sc.d.data() + t * W;
-    const T* drow = d0 + t * dir.d_st;
-    for (int w = 0; w < W; ++w)
-      d[w] = w < n ? drow[w * dir.d_se] + bias[w] : T(0);
-    T* u = sc.u.data() + t * W;
+  for (int64_t i = 0; i < t_hi - t_lo; ++i) {  // in scan order
+    const int64_t t = dir.reverse ? t_hi - 1 - i : t_lo + i;
+    const int64_t ahead = dir.reverse ? t - kAhead : t + kAhead;
+    if (ahead >= 0 && ahead < L) {
+      __builtin_prefetch(d0 + ahead * dir.d_st);
+      __builtin_prefetch(x0 + ahead * dir.x_st);
+    }
+    const int64_t row = (t - t_lo) * W;
+    const V d = load_lanes(d0 + t * dir.d_st, dir.d_se, n) + bias;
+    (softplus ? mmvim_cpu::softplus(d) : d).store(d_rows + row);
     if (!dir.conv_w) {
-      const T* xrow = x0 + t * dir.x_st;
-      for (int w = 0; w < W; ++w) u[w] = w < n ? xrow[w * dir.x_se] : T(0);
+      load_lanes(x0 + t * dir.x_st, dir.x_se, n).store(u_rows + row);
       continue;
     }
-    for (int w = 0; w < W; ++w) u[w] = cb[w];
     // tap k reads the token K - 1 - k scan steps back: before t for a
     // forward direction, after it for a reverse one
+    V u = conv_b;
     for (int k = 0; k < K; ++k) {
       const int64_t src = dir.reverse ? t + (K - 1 - k) : t - (K - 1 - k);
       if (src < 0 || src >= L) continue;
-      const T* xrow = x0 + src * dir.x_st;
-      for (int w = 0; w < n; ++w)
-        u[w] += dir.conv_w[(blk.e0 + w) * K + k] * xrow[w * dir.x_se];
+      u = fma(taps[k], load_lanes(x0 + src * dir.x_st, dir.x_se, n), u);
     }
+    mmvim_cpu::silu(u).store(u_rows + row);
   }
-  if (dir.conv_w) {
-    // silu(v) = v * sigmoid(v), vectorised over the block
-    const int64_t n = L * W;
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) sc.tmp[i] = fast_exp(-sc.u[i]);
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) sc.u[i] = sc.u[i] / (T(1) + sc.tmp[i]);
-  }
-  if (softplus) softplus_inplace(sc.d.data(), sc.tmp.data(), L * W);
 }
 
 // Flush denormals to zero while a kernel runs: long decays of the state
@@ -285,55 +241,90 @@ class DenormalsAreZero {
   unsigned int saved_ = 0;
 };
 
-// Forward recurrence of one loaded block. Adds y + D * u into sc.acc when
-// add_y, stores the states into sc.H (L, N, W) when store_states, the last
-// state into last (E, N) when not null.
+// A of a block's lanes into A (N, W), and A log2(e) into A2 (the
+// recurrences compute exp(delta A) as exp2(delta A log2(e))); padding lanes
+// are zero.
 template <typename T>
-void block_forward(const Direction<T>& dir, const Sizes& s, int64_t b,
-                   const Block& blk, Scratch<T>& sc, bool add_y,
-                   bool store_states, T* last) {
+void load_A(const Direction<T>& dir, const Block& blk, int64_t N, T* A,
+            T* A2) {
   constexpr int W = kLanes<T>;
-  const int64_t L = s.length, N = s.state;
-  T* h = sc.h.data();
-  T* Ab = sc.Ab.data();
-  alignas(64) T Dl[W], du[W], y[W];
-  for (int w = 0; w < W; ++w)
-    Dl[w] = (w < blk.count && dir.D) ? dir.D[blk.e0 + w] : T(0);
-  for (int64_t n = 0; n < N; ++n)
-    for (int w = 0; w < W; ++w) {
-      Ab[n * W + w] = w < blk.count ? dir.A[(blk.e0 + w) * N + n] : T(0);
-      h[n * W + w] = T(0);
-    }
-  for (int64_t step = 0; step < L; ++step) {
-    const int64_t t = dir.reverse ? L - 1 - step : step;
-    const T* d = sc.d.data() + t * W;
-    const T* u = sc.u.data() + t * W;
-#pragma omp simd
-    for (int w = 0; w < W; ++w) {
-      du[w] = d[w] * u[w];
-      y[w] = Dl[w] * u[w];
-    }
-    for (int64_t n = 0; n < N; ++n) {
-      const T bn = dir.Bv(b, blk, t, n), cn = dir.Cv(b, blk, t, n);
-      T* hn = h + n * W;
-      const T* An = Ab + n * W;
-#pragma omp simd
-      for (int w = 0; w < W; ++w) {
-        hn[w] = fast_exp(d[w] * An[w]) * hn[w] + du[w] * bn;
-        y[w] += hn[w] * cn;
-      }
-    }
-    if (store_states) std::memcpy(sc.H.data() + t * N * W, h, sizeof(T) * N * W);
-    if (add_y) {
-      T* acc = sc.acc.data() + t * W;
-#pragma omp simd
-      for (int w = 0; w < W; ++w) acc[w] += y[w];
-    }
+  for (int64_t n = 0; n < N; ++n) {
+    const Vec<T> a = load_lanes(dir.A + blk.e0 * N + n, N, blk.count);
+    a.store(A + n * W);
+    (a * Vec<T>::broadcast(mmvim_cpu::kLog2e<T>)).store(A2 + n * W);
   }
-  if (last)
-    for (int w = 0; w < blk.count; ++w)
-      for (int64_t n = 0; n < N; ++n)
-        last[(blk.e0 + w) * N + n] = h[n * W + w];
+}
+
+// Forward recurrence of one block over the tokens [t_lo, t_hi), in scan
+// order, from the state h (N, W), which it leaves at the last token; u and
+// delta are rows t - t_lo of u_rows and d_rows (load_block). emit(t, y)
+// receives y_t + D u_t of each token; H, where not null, receives the
+// states (rows t - t_lo, (N, W) each). kN > 0 is the state size known at
+// compile time: the N state vectors then stay in registers.
+template <int kN, typename T, typename Emit>
+void block_forward(const Direction<T>& dir, int64_t N_, int64_t b,
+                   const Block& blk, int64_t t_lo, int64_t t_hi, const T* A2,
+                   T* h, const T* d_rows, const T* u_rows, T* H, Emit emit) {
+  using V = Vec<T>;
+  constexpr int W = kLanes<T>;
+  const int64_t N = kN > 0 ? kN : N_;
+  const V D = param_lanes(dir.D, blk);
+  const T* B0 = dir.B + b * dir.B_sb + blk.gB * dir.B_sg;
+  const T* C0 = dir.C + b * dir.C_sb + blk.gC * dir.C_sg;
+  const int64_t B_sn = dir.B_sn, C_sn = dir.C_sn;
+  V hr[kN > 0 ? kN : 1];
+  if constexpr (kN > 0)
+    for (int n = 0; n < kN; ++n) hr[n] = V::load(h + n * W);
+  for (int64_t i = 0; i < t_hi - t_lo; ++i) {
+    const int64_t t = dir.reverse ? t_hi - 1 - i : t_lo + i;
+    const int64_t row = t - t_lo;
+    const V d = V::load(d_rows + row * W), u = V::load(u_rows + row * W);
+    const V du = d * u;
+    V y = D * u;
+    const T* Bt = B0 + t * dir.B_st;
+    const T* Ct = C0 + t * dir.C_st;
+    if constexpr (kN > 0) {
+      V y_odd = V::broadcast(T(0));  // two sums: half the add chain
+#pragma GCC unroll 64
+      for (int n = 0; n < kN; ++n) {
+        hr[n] = fma(exp2(d * V::load(A2 + n * W)), hr[n],
+                    du * V::broadcast(Bt[n * B_sn]));
+        if (n % 2)
+          y_odd = fma(hr[n], V::broadcast(Ct[n * C_sn]), y_odd);
+        else
+          y = fma(hr[n], V::broadcast(Ct[n * C_sn]), y);
+      }
+      y = y + y_odd;
+      if (H)
+        for (int n = 0; n < kN; ++n) hr[n].store(H + (row * N + n) * W);
+    } else {
+      for (int64_t n = 0; n < N; ++n) {
+        const V hn = fma(exp2(d * V::load(A2 + n * W)), V::load(h + n * W),
+                         du * V::broadcast(Bt[n * B_sn]));
+        hn.store(h + n * W);
+        y = fma(hn, V::broadcast(Ct[n * C_sn]), y);
+      }
+      if (H) std::memcpy(H + row * N * W, h, sizeof(T) * N * W);
+    }
+    emit(t, y);
+  }
+  if constexpr (kN > 0)
+    for (int n = 0; n < kN; ++n) hr[n].store(h + n * W);
+}
+
+// block_forward with the state size fixed at compile time where it is
+// Vim's 16.
+template <typename T, typename Emit>
+void block_forward_any(const Direction<T>& dir, int64_t N, int64_t b,
+                       const Block& blk, int64_t t_lo, int64_t t_hi,
+                       const T* A2, T* h, const T* d_rows, const T* u_rows,
+                       T* H, Emit emit) {
+  if (N == 16)
+    block_forward<16>(dir, N, b, blk, t_lo, t_hi, A2, h, d_rows, u_rows, H,
+                      emit);
+  else
+    block_forward<0>(dir, N, b, blk, t_lo, t_hi, A2, h, d_rows, u_rows, H,
+                     emit);
 }
 
 // Backward recurrence of one loaded block, given dL/dy in sc.g and the
@@ -345,65 +336,54 @@ template <typename T>
 void block_backward(const Direction<T>& dir, const Sizes& s, int64_t b,
                     const Block& blk, Scratch<T>& sc, T* dA, T* dD, T* dBw,
                     T* dCw, bool B_per_token, bool C_per_token) {
+  using V = Vec<T>;
   constexpr int W = kLanes<T>;
   const int64_t L = s.length, N = s.state;
-  T* Ab = sc.Ab.data();
+  const T* Ab = sc.Ab.data();
+  const T* A2 = sc.A2.data();
   T* dh = sc.dh.data();
   T* dAb = sc.dAb.data();
-  for (int64_t n = 0; n < N * W; ++n) dh[n] = dAb[n] = T(0);
-  alignas(64) T Dl[W], dDl[W], dd[W], du[W], zero[W];
-  for (int w = 0; w < W; ++w) {
-    Dl[w] = (w < blk.count && dir.D) ? dir.D[blk.e0 + w] : T(0);
-    dDl[w] = zero[w] = T(0);
-  }
+  std::fill(sc.dh.begin(), sc.dh.end(), T(0));
+  std::fill(sc.dAb.begin(), sc.dAb.end(), T(0));
+  const V D = param_lanes(dir.D, blk), zero = V::broadcast(T(0));
+  V dDl = zero;
+  const T* B0 = dir.B + b * dir.B_sb + blk.gB * dir.B_sg;
+  const T* C0 = dir.C + b * dir.C_sb + blk.gC * dir.C_sg;
   for (int64_t step = L - 1; step >= 0; --step) {
     const int64_t t = dir.reverse ? L - 1 - step : step;
     const int64_t t_prev = dir.reverse ? t + 1 : t - 1;
-    const T* d = sc.d.data() + t * W;
-    const T* u = sc.u.data() + t * W;
-    const T* g = sc.g.data() + t * W;
-#pragma omp simd
-    for (int w = 0; w < W; ++w) {
-      dd[w] = T(0);
-      du[w] = g[w] * Dl[w];
-      dDl[w] += g[w] * u[w];
-    }
+    const V d = V::load(sc.d.data() + t * W), u = V::load(sc.u.data() + t * W);
+    const V g = V::load(sc.g.data() + t * W);
+    V dd = zero, du = g * D;
+    dDl = fma(g, u, dDl);
     const T* Ht = sc.H.data() + t * N * W;
     const T* Hp = step == 0 ? nullptr : sc.H.data() + t_prev * N * W;
     T* dBt = dBw + (B_per_token ? t : 0) * N * W;
     T* dCt = dCw + (C_per_token ? t : 0) * N * W;
+    const T* Bt = B0 + t * dir.B_st;
+    const T* Ct = C0 + t * dir.C_st;
     for (int64_t n = 0; n < N; ++n) {
-      const T bn = dir.Bv(b, blk, t, n), cn = dir.Cv(b, blk, t, n);
-      const T* An = Ab + n * W;
-      const T* hp = Hp ? Hp + n * W : zero;
-      const T* ht = Ht + n * W;
-      T* dhn = dh + n * W;
-      T* dAn = dAb + n * W;
-      T* dBn = dBt + n * W;
-      T* dCn = dCt + n * W;
-#pragma omp simd
-      for (int w = 0; w < W; ++w) {
-        dCn[w] += g[w] * ht[w];
-        const T grad_h = dhn[w] + g[w] * cn;
-        const T a = fast_exp(d[w] * An[w]);
-        dd[w] += grad_h * (An[w] * a * hp[w] + u[w] * bn);
-        dAn[w] += grad_h * d[w] * a * hp[w];
-        du[w] += grad_h * d[w] * bn;
-        dBn[w] += grad_h * d[w] * u[w];
-        dhn[w] = a * grad_h;
-      }
+      const V bn = V::broadcast(Bt[n * dir.B_sn]);
+      const V cn = V::broadcast(Ct[n * dir.C_sn]);
+      const V a = exp2(d * V::load(A2 + n * W));
+      const V a_hp = Hp ? a * V::load(Hp + n * W) : zero;
+      fma(g, V::load(Ht + n * W), V::load(dCt + n * W)).store(dCt + n * W);
+      const V grad_h = fma(g, cn, V::load(dh + n * W));
+      const V gd = grad_h * d;
+      dd = fma(grad_h, fma(V::load(Ab + n * W), a_hp, u * bn), dd);
+      fma(gd, a_hp, V::load(dAb + n * W)).store(dAb + n * W);
+      du = fma(gd, bn, du);
+      fma(gd, u, V::load(dBt + n * W)).store(dBt + n * W);
+      (a * grad_h).store(dh + n * W);
     }
-    T* dut = sc.du.data() + t * W;
-    T* ddt = sc.dd.data() + t * W;
-#pragma omp simd
-    for (int w = 0; w < W; ++w) {
-      dut[w] = du[w];
-      ddt[w] = dd[w];
-    }
+    du.store(sc.du.data() + t * W);
+    dd.store(sc.dd.data() + t * W);
   }
+  alignas(64) T dD_lanes[W];
+  dDl.store(dD_lanes);
   for (int w = 0; w < blk.count; ++w) {
     const int64_t e = blk.e0 + w;
-    dD[e] += dDl[w];
+    dD[e] += dD_lanes[w];
     for (int64_t n = 0; n < N; ++n) dA[e * N + n] += dAb[n * W + w];
   }
 }
@@ -413,13 +393,13 @@ constexpr mmvim_scan::Backend kBackend{"CPU", c10::DeviceType::CPU,
                                        /*max_state=*/0,
                                        /*max_conv_width=*/0};
 
-// z of a block's lane w at token t (strided), or 1 without z.
+// z of a block's lanes at token t (strided), when the call has a gate.
 template <typename T>
 struct Gate {
   const T* z;
   int64_t sb, st, se;
-  T at(int64_t b, int64_t t, int64_t e) const {
-    return z[b * sb + t * st + e * se];
+  Vec<T> lanes(int64_t b, int64_t t, const Block& blk) const {
+    return load_lanes(z + b * sb + t * st + blk.e0 * se, se, blk.count);
   }
 };
 
@@ -449,29 +429,59 @@ std::vector<at::Tensor> forward_impl(const std::vector<DirTensors>& dirs,
     const int64_t L = s.length, N = s.state, E = s.dim;
     const Gate<T> gz = gate_of<T>(z);
     T* outp = out.data_ptr<T>();
-    at::parallel_for(0, s.batch * nb, 1, [&](int64_t begin, int64_t end) {
-      DenormalsAreZero ftz;
-      Scratch<T> sc(L, N, false);
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t b = i / nb;
-        const Block& blk = blocks[i % nb];
-        std::fill(sc.acc.begin(), sc.acc.end(), T(0));
-        for (size_t k = 0; k < ds.size(); ++k) {
-          load_block<T>(ds[k], s, b, blk, softplus, sc);
-          T* lastp = (k == 0 && return_last_state)
-                         ? last.data_ptr<T>() + b * E * N
-                         : nullptr;
-          block_forward<T>(ds[k], s, b, blk, sc, true, false, lastp);
-        }
-        for (int64_t t = 0; t < L; ++t) {
-          T* o = outp + (b * L + t) * E + blk.e0;
-          const T* a = sc.acc.data() + t * W;
-          for (int w = 0; w < blk.count; ++w) {
-            const T zt = gz.z ? gz.at(b, t, blk.e0 + w) : T(0);
-            o[w] = T(scale) * a[w] * (gz.z ? zt * sigmoid(zt) : T(1));
+    const size_t nd = ds.size();
+    const Vec<T> sv = Vec<T>::broadcast(T(scale));
+    // One block of batch element b, direction by direction, in chunks of
+    // kChunk tokens (its rows of u and delta stay in the L1 cache). y goes
+    // straight into out: the first direction stores it, the last adds its
+    // own and applies the gate, out = scale * y * silu(z).
+    auto run_block = [&](int64_t b, const Block& blk, T* A, T* A2, T* h,
+                         T* d_rows, T* u_rows) {
+      T* o0 = outp + b * L * E + blk.e0;
+      for (size_t k = 0; k < nd; ++k) {
+        const Direction<T>& dir = ds[k];
+        const bool first = k == 0, final = k + 1 == nd;
+        auto emit = [&](int64_t t, Vec<T> y) {
+          T* o = o0 + t * E;
+          const int64_t ahead = dir.reverse ? t - kAhead : t + kAhead;
+          if (ahead >= 0 && ahead < L) {
+            __builtin_prefetch(o0 + ahead * E, 1);
+            if (final && gz.z)
+              __builtin_prefetch(gz.z + b * gz.sb + ahead * gz.st +
+                                 blk.e0 * gz.se);
           }
+          if (!first) y = y + load_lanes(o, 1, blk.count);
+          if (final) {
+            y = y * sv;
+            if (gz.z) y = y * mmvim_cpu::silu(gz.lanes(b, t, blk));
+          }
+          store_lanes(y, o, 1, blk.count);
+        };
+        load_A(dir, blk, N, A, A2);
+        std::fill(h, h + N * W, T(0));
+        for (int64_t c = 0; c < L; c += kChunk) {  // scan steps [c, c_end)
+          const int64_t c_end = std::min(c + kChunk, L);
+          const int64_t t_lo = dir.reverse ? L - c_end : c;
+          const int64_t t_hi = dir.reverse ? L - c : c_end;
+          load_block<T>(dir, s, b, blk, t_lo, t_hi, softplus, d_rows, u_rows);
+          block_forward_any<T>(dir, N, b, blk, t_lo, t_hi, A2, h, d_rows, u_rows,
+                           nullptr, emit);
+        }
+        if (first && return_last_state) {
+          T* lastp = last.data_ptr<T>() + b * E * N;
+          for (int w = 0; w < blk.count; ++w)
+            for (int64_t n = 0; n < N; ++n)
+              lastp[(blk.e0 + w) * N + n] = h[n * W + w];
         }
       }
+    };
+    at::parallel_for(0, s.batch * nb, 1, [&](int64_t begin, int64_t end) {
+      DenormalsAreZero ftz;
+      std::vector<T> A(N * W), A2(N * W), h(N * W);
+      std::vector<T> d_rows(kChunk * W), u_rows(kChunk * W);
+      for (int64_t i = begin; i < end; ++i)
+        run_block(i / nb, blocks[i % nb], A.data(), A2.data(), h.data(),
+                  d_rows.data(), u_rows.data());
     });
   });
   return {out, at::empty({0}, options), last};
@@ -545,20 +555,16 @@ std::vector<at::Tensor> backward_impl(const std::vector<DirTensors>& dirs,
       at::parallel_for(0, nb, 1, [&](int64_t begin, int64_t end) {
         DenormalsAreZero ftz;
         const int tid = at::get_thread_num();
-        Scratch<T> sc(L, N, true);
+        Scratch<T> sc(L, N);
         for (int64_t i = begin; i < end; ++i) {
           const Block& blk = blocks[i];
           // the gate: out = scale * y * silu(z), so dL/dy = scale * dout * silu(z)
+          const Vec<T> sv = Vec<T>::broadcast(T(scale));
           for (int64_t t = 0; t < L; ++t) {
-            const T* go = doutp + (b * L + t) * E + blk.e0;
-            for (int w = 0; w < W; ++w) {
-              T g = T(0);
-              if (w < blk.count) {
-                const T zt = gz.z ? gz.at(b, t, blk.e0 + w) : T(0);
-                g = T(scale) * go[w] * (gz.z ? zt * sigmoid(zt) : T(1));
-              }
-              sc.g[t * W + w] = g;
-            }
+            Vec<T> g = sv * load_lanes(doutp + (b * L + t) * E + blk.e0, 1,
+                                       blk.count);
+            if (gz.z) g = g * mmvim_cpu::silu(gz.lanes(b, t, blk));
+            g.store(sc.g.data() + t * W);
           }
           std::fill(sc.acc.begin(), sc.acc.end(), T(0));
           for (size_t k = 0; k < nd; ++k) {
@@ -567,40 +573,55 @@ std::vector<at::Tensor> backward_impl(const std::vector<DirTensors>& dirs,
             T* gr_dd = grads[k * 7 + 1].data_ptr<T>();
             T* gr_bias = grads[k * 7 + 6].data_ptr<T>();
             const int64_t Lb = gB[k].per_token ? L : 1, Lc = gC[k].per_token ? L : 1;
-            load_block<T>(ds[k], s, b, blk, softplus, sc);
+            load_block<T>(ds[k], s, b, blk, 0, L, softplus, sc.d.data(),
+                          sc.u.data());
             // states for the backward, and y (for dz) into sc.acc
-            block_forward<T>(ds[k], s, b, blk, sc, true, true, nullptr);
+            load_A(ds[k], blk, N, sc.Ab.data(), sc.A2.data());
+            std::fill(sc.h.begin(), sc.h.end(), T(0));
+            block_forward_any<T>(ds[k], N, b, blk, 0, L, sc.A2.data(),
+                             sc.h.data(), sc.d.data(), sc.u.data(),
+                             sc.H.data(), [&](int64_t t, Vec<T> y) {
+                               T* acc = sc.acc.data() + t * W;
+                               (Vec<T>::load(acc) + y).store(acc);
+                             });
             block_backward<T>(ds[k], s, b, blk, sc,
                               grads[k * 7 + 2].data_ptr<T>(),
                               grads[k * 7 + 5].data_ptr<T>(),
                               dBw[slot].data() + blk.gB * Lb * N * W,
                               dCw[slot].data() + blk.gC * Lc * N * W,
                               gB[k].per_token, gC[k].per_token);
-            // back through delta = softplus(delta_raw + bias); sc.d holds
-            // softplus(raw), and sigmoid(raw) = 1 - exp(-softplus(raw))
-            T bias_grad[W] = {};
+            // back through delta = softplus(raw), raw = delta + bias:
+            // d softplus(raw) / d raw = sigmoid(raw)
+            const Direction<T>& dir = ds[k];
+            const Vec<T> bias = param_lanes(dir.bias, blk);
+            const T* d0 = dir.delta + b * dir.d_sb + blk.e0 * dir.d_se;
+            Vec<T> bias_grad = Vec<T>::broadcast(T(0));
             for (int64_t t = 0; t < L; ++t) {
-              T* dd_row = gr_dd + (b * L + t) * E + blk.e0;
-              T* du_row = gr_du + (b * L + t) * E + blk.e0;
-              for (int w = 0; w < blk.count; ++w) {
-                T dd = sc.dd[t * W + w];
-                if (softplus) dd *= -std::expm1(-sc.d[t * W + w]);
-                bias_grad[w] += dd;
-                dd_row[w] = dd;
-                du_row[w] = sc.du[t * W + w];
-              }
+              Vec<T> dd = Vec<T>::load(sc.dd.data() + t * W);
+              if (softplus)
+                dd = dd * mmvim_cpu::sigmoid(
+                              load_lanes(d0 + t * dir.d_st, dir.d_se, blk.count) +
+                              bias);
+              bias_grad = bias_grad + dd;
+              store_lanes(dd, gr_dd + (b * L + t) * E + blk.e0, 1, blk.count);
+              store_lanes(Vec<T>::load(sc.du.data() + t * W),
+                          gr_du + (b * L + t) * E + blk.e0, 1, blk.count);
             }
-            for (int w = 0; w < blk.count; ++w) gr_bias[blk.e0 + w] += bias_grad[w];
+            alignas(64) T bias_lanes[W];
+            bias_grad.store(bias_lanes);
+            for (int w = 0; w < blk.count; ++w) gr_bias[blk.e0 + w] += bias_lanes[w];
           }
           if (dzp) {
+            // d silu(z) / dz = sigmoid(z) (1 + z (1 - sigmoid(z)))
+            const Vec<T> sv = Vec<T>::broadcast(T(scale));
+            const Vec<T> one = Vec<T>::broadcast(T(1));
             for (int64_t t = 0; t < L; ++t) {
-              const T* go = doutp + (b * L + t) * E + blk.e0;
-              T* dzr = dzp + (b * L + t) * E + blk.e0;
-              for (int w = 0; w < blk.count; ++w) {
-                const T zt = gz.at(b, t, blk.e0 + w), sg = sigmoid(zt);
-                dzr[w] = T(scale) * go[w] * sc.acc[t * W + w] * sg *
-                         (T(1) + zt * (T(1) - sg));
-              }
+              const Vec<T> zt = gz.lanes(b, t, blk), sg = mmvim_cpu::sigmoid(zt);
+              const Vec<T> go = load_lanes(doutp + (b * L + t) * E + blk.e0, 1,
+                                           blk.count);
+              store_lanes(sv * go * Vec<T>::load(sc.acc.data() + t * W) * sg *
+                              fma(zt, one - sg, one),
+                          dzp + (b * L + t) * E + blk.e0, 1, blk.count);
             }
           }
         }
@@ -633,6 +654,31 @@ std::vector<at::Tensor> backward_impl(const std::vector<DirTensors>& dirs,
   return grads;
 }
 
+// One token's row of the depthwise conv + SiLU: out[e] = silu(bias[e] +
+// sum_j taps[j][e] * rows[j][e * se]) over the n taps whose token exists.
+template <typename T>
+void conv_silu_row(const T* const* rows, const T* const* taps, int n,
+                   int64_t se, const T* bias, T* out, int64_t E) {
+  using V = Vec<T>;
+  constexpr int W = kLanes<T>;
+  int64_t e0 = 0;
+  if (se == 1)
+    for (; e0 + W <= E; e0 += W) {
+      V o = V::load(bias + e0);
+      for (int j = 0; j < n; ++j)
+        o = fma(V::load(taps[j] + e0), V::load(rows[j] + e0), o);
+      mmvim_cpu::silu(o).store(out + e0);
+    }
+  for (; e0 < E; e0 += W) {
+    const int count = static_cast<int>(std::min<int64_t>(W, E - e0));
+    V o = load_lanes(bias + e0, 1, count);
+    for (int j = 0; j < n; ++j)
+      o = fma(load_lanes(taps[j] + e0, 1, count),
+              load_lanes(rows[j] + e0 * se, se, count), o);
+    store_lanes(mmvim_cpu::silu(o), out + e0, 1, count);
+  }
+}
+
 at::Tensor conv_silu_impl(const at::Tensor& x, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias,
                           bool reverse) {
@@ -655,23 +701,65 @@ at::Tensor conv_silu_impl(const at::Tensor& x, const at::Tensor& weight,
     }
     T* op = out.data_ptr<T>();
     at::parallel_for(0, batch * L, 16, [&](int64_t begin, int64_t end) {
+      std::vector<const T*> rows(K), row_taps(K);
       for (int64_t i = begin; i < end; ++i) {
         const int64_t b = i / L, t = i % L;
-        T* o = op + i * E;
-        std::copy(bias_row.begin(), bias_row.end(), o);
+        int n = 0;  // the taps whose token exists
         for (int64_t k = 0; k < K; ++k) {
           const int64_t back = K - 1 - k;
           const int64_t src = reverse ? t + back : t - back;
           if (src < 0 || src >= L) continue;
-          const T* row = xp + b * sb + src * st;
-          const T* w = taps.data() + k * E;
-          for (int64_t e = 0; e < E; ++e) o[e] += w[e] * row[e * se];
+          rows[n] = xp + b * sb + src * st;
+          row_taps[n++] = taps.data() + k * E;
         }
-        for (int64_t e = 0; e < E; ++e) o[e] = o[e] * sigmoid(o[e]);
+        conv_silu_row<T>(rows.data(), row_taps.data(), n, se, bias_row.data(),
+                         op + i * E, E);
       }
     });
   });
   return out;
+}
+
+// The Vim mixer between in_proj and out_proj in one call, the CPU kernel's
+// path of mmvim/ops/bimamba_inner.py (_forward; its _compose is the same
+// in Python): per direction u = silu(depthwise conv(x)) (the second
+// anti-causal), x_dbl = x_proj(u), delta = dt_proj(x_dbl[..., :R]), then
+// the scan of both directions with the gate. The same ATen ops and kernels
+// (under the caller's autocast), without a Python call per op: that
+// overhead was a sixth of a Vim-Ti layer at 224x224. params: per direction
+// conv weight (E, 1, K), conv bias (E,), x_proj weight, dt_proj weight,
+// dt_proj bias, A_log, D. Returns [out in xz's dtype, states (empty)].
+std::vector<at::Tensor> mixer_forward(const at::Tensor& xz,
+                                      const std::vector<at::Tensor>& params,
+                                      int64_t dt_rank, int64_t d_state,
+                                      double scale) {
+  TORCH_CHECK(xz.dim() == 3 && xz.size(2) % 2 == 0 && params.size() == 14,
+              "mixer_forward: xz (b, L, 2E) and 14 parameters, got ",
+              xz.sizes(), " and ", params.size());
+  const auto compute = xz.scalar_type() == at::kDouble ? at::kDouble
+                                                       : at::kFloat;
+  const int64_t E = xz.size(2) / 2;
+  const at::Tensor x = xz.narrow(2, 0, E);
+  const at::Tensor xc = x.to(compute);
+  std::vector<DirTensors> dirs;
+  for (int k = 0; k < 2; ++k) {
+    const at::Tensor* p = params.data() + 7 * k;
+    const at::Tensor u =
+        conv_silu_impl(xc, p[0].reshape({E, -1}).to(compute).contiguous(),
+                       p[1].to(compute).contiguous(), k == 1)
+            .to(x.scalar_type());
+    const at::Tensor x_dbl = at::linear(u, p[2]);  // (b, L, R + 2N)
+    const at::Tensor delta = at::linear(x_dbl.narrow(2, 0, dt_rank), p[3]);
+    dirs.push_back(DirTensors{
+        u.to(compute), std::nullopt, std::nullopt, delta.to(compute),
+        -at::exp(p[5].to(compute)),
+        x_dbl.narrow(2, dt_rank, d_state).unsqueeze(2).to(compute),
+        x_dbl.narrow(2, dt_rank + d_state, d_state).unsqueeze(2).to(compute),
+        p[6].to(compute), p[4].to(compute), k == 1});
+  }
+  auto r = forward_impl(dirs, xz.narrow(2, E, E).to(compute), scale,
+                        /*softplus=*/true, /*return_last_state=*/false);
+  return {r[0].to(xz.scalar_type()), r[1]};
 }
 
 }  // namespace
@@ -683,4 +771,9 @@ TORCH_LIBRARY_IMPL(mmvim, CPU, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   mmvim_scan::bind_test_switches(m);
+  m.attr("simd") = mmvim_cpu::kSimd;
+  m.def("mixer_forward", &mixer_forward,
+        pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "Vim's mixer between in_proj and out_proj (bimamba_inner) in one "
+        "call");
 }

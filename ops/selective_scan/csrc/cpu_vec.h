@@ -1,0 +1,202 @@
+// One SIMD vector of the CPU scan kernel: Vec<T> holds kSize = 64 / sizeof(T)
+// lanes (one block of channels, see selective_scan_cpu.cpp). Where the
+// compiler targets AVX-512, Vec<float> is one __m512 register and exp2 uses
+// vscalefps; elsewhere (float64, other CPUs) Vec<T> is a plain array whose
+// loops the compiler vectorises as it can. The special functions below are
+// written once over the small set of operations both provide.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace mmvim_cpu {
+
+// which Vec<float> this build has (the extension reports it as `simd`)
+#if defined(__AVX512F__)
+constexpr const char* kSimd = "avx512";
+#else
+constexpr const char* kSimd = "portable";
+#endif
+
+template <typename T>
+struct Vec {
+  static constexpr int kSize = 64 / static_cast<int>(sizeof(T));
+  T v[kSize];
+
+  static Vec load(const T* p) {
+    Vec r;
+    for (int i = 0; i < kSize; ++i) r.v[i] = p[i];
+    return r;
+  }
+  static Vec broadcast(T x) {
+    Vec r;
+    for (int i = 0; i < kSize; ++i) r.v[i] = x;
+    return r;
+  }
+  void store(T* p) const {
+    for (int i = 0; i < kSize; ++i) p[i] = v[i];
+  }
+  template <typename F>
+  static Vec map(const Vec& a, const Vec& b, F f) {
+    Vec r;
+#pragma omp simd
+    for (int i = 0; i < kSize; ++i) r.v[i] = f(a.v[i], b.v[i]);
+    return r;
+  }
+  friend Vec operator+(const Vec& a, const Vec& b) {
+    return map(a, b, [](T x, T y) { return x + y; });
+  }
+  friend Vec operator-(const Vec& a, const Vec& b) {
+    return map(a, b, [](T x, T y) { return x - y; });
+  }
+  friend Vec operator*(const Vec& a, const Vec& b) {
+    return map(a, b, [](T x, T y) { return x * y; });
+  }
+  friend Vec max(const Vec& a, const Vec& b) {
+    return map(a, b, [](T x, T y) { return x > y ? x : y; });
+  }
+  friend Vec min(const Vec& a, const Vec& b) {
+    return map(a, b, [](T x, T y) { return x < y ? x : y; });
+  }
+  friend Vec reciprocal(const Vec& a) {
+    return map(a, a, [](T x, T) { return T(1) / x; });
+  }
+  friend Vec abs(const Vec& a) {
+    return map(a, a, [](T x, T) { return std::fabs(x); });
+  }
+  // a * b + c
+  friend Vec fma(const Vec& a, const Vec& b, const Vec& c) {
+    return a * b + c;
+  }
+};
+
+// 2^x: the standard library for double; for float 2^round(x) times a
+// degree-5 minimax polynomial of the fraction in [-1/2, 1/2] (relative
+// error < 2.4e-7 evaluated in float).
+inline Vec<double> exp2(const Vec<double>& a) {
+  return Vec<double>::map(a, a, [](double x, double) { return std::exp2(x); });
+}
+
+inline float exp2_lane(float x) {
+  x = std::max(-126.0f, std::min(126.0f, x));
+  const float k = (x + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = x - k;
+  float p = 1.327647129e-3f;
+  p = p * r + 9.675540961e-3f;
+  p = p * r + 5.550713092e-2f;
+  p = p * r + 2.402212024e-1f;
+  p = p * r + 6.931469440e-1f;
+  p = p * r + 1.000000119f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+#if defined(__AVX512F__)
+template <>
+struct Vec<float> {
+  static constexpr int kSize = 16;
+  __m512 v;
+
+  static Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static Vec broadcast(float x) { return {_mm512_set1_ps(x)}; }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  friend Vec operator+(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
+  friend Vec operator-(Vec a, Vec b) { return {_mm512_sub_ps(a.v, b.v)}; }
+  friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  friend Vec max(Vec a, Vec b) { return {_mm512_max_ps(a.v, b.v)}; }
+  friend Vec min(Vec a, Vec b) { return {_mm512_min_ps(a.v, b.v)}; }
+  // 1 / a for finite a != 0: a 14-bit estimate and one Newton step
+  // (relative error ~1e-7; vdivps is several times slower)
+  friend Vec reciprocal(Vec a) {
+    const __m512 r = _mm512_rcp14_ps(a.v);
+    const __m512 e = _mm512_fnmadd_ps(a.v, r, _mm512_set1_ps(1.0f));
+    return {_mm512_fmadd_ps(r, e, r)};
+  }
+  friend Vec abs(Vec a) { return {_mm512_abs_ps(a.v)}; }
+  friend Vec fma(Vec a, Vec b, Vec c) {
+    return {_mm512_fmadd_ps(a.v, b.v, c.v)};
+  }
+  // 2^x = 2^round(x) * 2^r, |r| <= 1/2: vscalefps applies the exponent
+  // and saturates to 0 / inf without a clamp
+  friend Vec exp2(Vec a) {
+    const __m512 k = _mm512_roundscale_ps(
+        a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_sub_ps(a.v, k);
+    __m512 p = _mm512_set1_ps(1.327647129e-3f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.675540961e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.550713092e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.402212024e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.931469440e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.000000119f));
+    return {_mm512_scalef_ps(p, k)};
+  }
+};
+#else
+inline Vec<float> exp2(const Vec<float>& a) {
+  return Vec<float>::map(a, a, [](float x, float) { return exp2_lane(x); });
+}
+#endif
+
+template <typename T>
+constexpr T kLog2e = T(1.4426950408889634);
+
+inline Vec<float> exp(const Vec<float>& x) {
+  return exp2(x * Vec<float>::broadcast(kLog2e<float>));
+}
+inline Vec<double> exp(const Vec<double>& x) {
+  return Vec<double>::map(x, x, [](double v, double) { return std::exp(v); });
+}
+
+// sigmoid(x) = 1 / (1 + exp(-x)), with exp(-x) kept finite (sigmoid(x)
+// < 2e-35 there); silu(x) = x * sigmoid(x)
+template <typename T>
+inline Vec<T> sigmoid(const Vec<T>& x) {
+  using V = Vec<T>;
+  return reciprocal(V::broadcast(T(1)) +
+                    exp(min(V::broadcast(T(0)) - x, V::broadcast(T(80)))));
+}
+
+template <typename T>
+inline Vec<T> silu(const Vec<T>& x) {
+  return x * sigmoid(x);
+}
+
+// log1p(q) for q in [0, 1]: the standard library for double; for float
+// log(1 + q) = 2 atanh(s), s = q / (2 + q) in [0, 1/3], as its odd series
+// to s^13 (relative error < 2e-8 before rounding, and q stays accurate
+// where it is tiny).
+inline Vec<double> log1p_unit(const Vec<double>& q) {
+  return Vec<double>::map(q, q, [](double x, double) { return std::log1p(x); });
+}
+
+inline Vec<float> log1p_unit(const Vec<float>& q) {
+  using V = Vec<float>;
+  auto c = [](float x) { return V::broadcast(x); };
+  const V s = q * reciprocal(c(2.0f) + q);
+  const V s2 = s * s;
+  V p = c(1.0f / 13);
+  p = fma(p, s2, c(1.0f / 11));
+  p = fma(p, s2, c(1.0f / 9));
+  p = fma(p, s2, c(1.0f / 7));
+  p = fma(p, s2, c(1.0f / 5));
+  p = fma(p, s2, c(1.0f / 3));
+  p = fma(p, s2, c(1.0f));
+  return (s + s) * p;
+}
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|))
+template <typename T>
+inline Vec<T> softplus(const Vec<T>& x) {
+  const Vec<T> zero = Vec<T>::broadcast(T(0));
+  return max(x, zero) + log1p_unit(exp(zero - abs(x)));
+}
+
+}  // namespace mmvim_cpu
