@@ -277,21 +277,64 @@ def test_failed_build_falls_back_with_a_warning(tmp_path):
     assert 'scans on cpu use the pure-PyTorch reference' in result.stderr
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_special_functions_of_the_vector_code(kernel, dtype):
+    """exp2, exp, sigmoid, silu and softplus as the kernel computes them
+    (its Vec type: AVX-512 or portable) against float64 torch: relative
+    error where the result is a normal float, exact exp2(0) = 1 (a decay
+    of 1 must not grow the state), and infinities and NaN."""
+    inf, nan = float('inf'), float('nan')
+    grid = torch.cat([torch.linspace(-120, 120, 4801, dtype=torch.float64),
+                      torch.tensor([0., -0., 1e-30, -1e-30, 0.5, -0.5])])
+    x = grid.to(dtype)
+    got = kernel.special_functions(x)
+    x64 = x.double()
+    want = [torch.exp2(x64), torch.exp(x64), torch.sigmoid(x64),
+            torch.nn.functional.silu(x64),
+            torch.logaddexp(x64, torch.zeros_like(x64))]  # softplus, exact
+    single = dtype == torch.float32
+    for name, g, w in zip(['exp2', 'exp', 'sigmoid', 'silu', 'softplus'],
+                          got, want):
+        assert g.dtype == dtype and g.shape == x.shape
+        tiny = w.abs() <= 1e-30
+        over = w.abs() > torch.finfo(dtype).max
+        checked = ~tiny & ~over
+        # float32 exp(x) = exp2(x log2 e): that product's rounding (and
+        # log2 e's) adds up to |x| * 1e-7 to every function built on exp
+        bound = (4e-7 + (0 if name == 'exp2' else 1e-7) * x64.abs()
+                 if single else torch.full_like(x64, 1e-13))
+        err = (g.double() - w).abs() / w.abs()
+        assert (err <= bound)[checked].all(), (name, err[checked].max())
+        assert ((g.double() - w).abs() < 1e-29)[tiny].all(), name
+        assert (g[over] == torch.inf).all(), name
+    exp2, exp, sigmoid, silu, softplus = kernel.special_functions(
+        torch.tensor([0., inf, -inf, nan], dtype=dtype))
+    assert exp2[0] == 1 and exp[0] == 1
+    for f in (exp2, exp):
+        assert f[1] == inf and f[2] == 0
+    assert sigmoid[1] == 1 and sigmoid[2] < 1e-30
+    assert silu[1] == inf
+    assert softplus[1] == inf and softplus[2] == 0
+    for f in (exp2, exp, sigmoid, silu, softplus):
+        assert torch.isnan(f[3])
+
+
 def test_portable_vector_code_without_avx512():
     """The kernel's vector type has an AVX-512 implementation and a portable
     one (any other CPU, float64). This machine's build takes AVX-512 where
     the CPU has it; the forward, gradient and mixer tests of this file and
     test_bimamba_inner.py then run again, in a subprocess, on a build for
-    x86-64-v3 (AVX2, no AVX-512; MMVIM_CPU_ARCH)."""
+    x86-64-v2 (SSE4.2: no AVX; MMVIM_CPU_ARCH)."""
     if os.uname().machine != 'x86_64':
         pytest.skip('the AVX-512 code exists on x86-64 only')
     with open('/proc/cpuinfo') as f:
         has_avx512 = ' avx512f' in next(
             line for line in f if line.startswith('flags'))
-    assert build_kernel('cpu').simd == ('avx512' if has_avx512 else
-                                        'portable')
+    if not os.environ.get('MMVIM_CPU_ARCH'):  # a native build here
+        assert build_kernel('cpu').simd == ('avx512' if has_avx512 else
+                                            'portable')
     here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, MMVIM_CPU_ARCH='x86-64-v3')
+    env = dict(os.environ, MMVIM_CPU_ARCH='x86-64-v2')
     check = subprocess.run(
         [sys.executable, '-c', 'from mmvim.ops.selective_scan_kernel import '
          "build_kernel; print(build_kernel('cpu').simd)"],
@@ -303,7 +346,8 @@ def test_portable_vector_code_without_avx512():
          os.path.join(here, 'test_selective_scan_cpu.py'),
          os.path.join(here, 'test_bimamba_inner.py'), '-k',
          '(forward_matches or gradients_match or bi_scan_equals or '
-         'float64_is_exact or mixer) and not simt'],
+         'float64_is_exact or mixer or special_functions) and not simt '
+         'and not cuda'],
         env=env, capture_output=True, text=True, timeout=900, cwd=here)
     assert result.returncode == 0, result.stdout[-3000:]
     assert ' passed' in result.stdout and 'skipped' not in result.stdout

@@ -77,26 +77,35 @@ struct Vec {
 };
 
 // 2^x: the standard library for double; for float 2^round(x) times a
-// degree-5 minimax polynomial of the fraction in [-1/2, 1/2] (relative
-// error < 2.4e-7 evaluated in float).
+// degree-5 minimax polynomial of the fraction in [-1/2, 1/2] with p(0) = 1
+// exactly (relative error < 1.9e-7 evaluated in float). exp2_finite may
+// skip the clamp that keeps infinite arguments right.
 inline Vec<double> exp2(const Vec<double>& a) {
   return Vec<double>::map(a, a, [](double x, double) { return std::exp2(x); });
 }
 
-inline float exp2_lane(float x) {
-  x = std::max(-126.0f, std::min(126.0f, x));
-  const float k = (x + 12582912.0f) - 12582912.0f;  // round to nearest
-  const float r = x - k;
-  float p = 1.327647129e-3f;
-  p = p * r + 9.675540961e-3f;
-  p = p * r + 5.550713092e-2f;
-  p = p * r + 2.402212024e-1f;
-  p = p * r + 6.931469440e-1f;
-  p = p * r + 1.000000119f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+// 2^k is applied as 2^(k/2) 2^(k - k/2), two normal floats, so that
+// results near the overflow and underflow limits come out right
+inline float pow2_lane(int32_t k) {
+  const int32_t bits = (k + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  return scale;
+}
+
+inline float exp2_lane(float x) {
+  x = std::max(std::min(x, 150.0f), -150.0f);  // NaN stays NaN
+  const float k = (x + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = x - k;
+  float p = 1.326472731e-3f;
+  p = p * r + 9.671512991e-3f;
+  p = p * r + 5.550733581e-2f;
+  p = p * r + 2.402224243e-1f;
+  p = p * r + 6.931470037e-1f;
+  p = p * r + 1.0f;
+  // NaN: p carries it (and a NaN cast to int would be undefined)
+  const int32_t ki = static_cast<int32_t>(k == k ? k : 0.0f);
+  return p * pow2_lane(ki / 2) * pow2_lane(ki - ki / 2);
 }
 
 #if defined(__AVX512F__)
@@ -124,26 +133,35 @@ struct Vec<float> {
   friend Vec fma(Vec a, Vec b, Vec c) {
     return {_mm512_fmadd_ps(a.v, b.v, c.v)};
   }
-  // 2^x = 2^round(x) * 2^r, |r| <= 1/2: vscalefps applies the exponent
-  // and saturates to 0 / inf without a clamp
-  friend Vec exp2(Vec a) {
+  // 2^x = 2^round(x) * 2^r, |r| <= 1/2, for finite x: vscalefps applies
+  // the exponent and saturates to 0 / inf (an infinite x gives NaN: the
+  // scan's recurrence, whose arguments are finite, calls this one)
+  friend Vec exp2_finite(Vec a) {
     const __m512 k = _mm512_roundscale_ps(
         a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 r = _mm512_sub_ps(a.v, k);
-    __m512 p = _mm512_set1_ps(1.327647129e-3f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.675540961e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.550713092e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.402212024e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.931469440e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.000000119f));
+    __m512 p = _mm512_set1_ps(1.326472731e-3f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.671512991e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.550733581e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.402224243e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.931470037e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     return {_mm512_scalef_ps(p, k)};
+  }
+  // 2^x for any x: clamped first (x second, so NaN stays NaN)
+  friend Vec exp2(Vec a) {
+    return exp2_finite(Vec{_mm512_min_ps(
+        _mm512_set1_ps(128.0f),
+        _mm512_max_ps(_mm512_set1_ps(-150.0f), a.v))});
   }
 };
 #else
 inline Vec<float> exp2(const Vec<float>& a) {
   return Vec<float>::map(a, a, [](float x, float) { return exp2_lane(x); });
 }
+inline Vec<float> exp2_finite(const Vec<float>& a) { return exp2(a); }
 #endif
+inline Vec<double> exp2_finite(const Vec<double>& a) { return exp2(a); }
 
 template <typename T>
 constexpr T kLog2e = T(1.4426950408889634);
@@ -155,13 +173,15 @@ inline Vec<double> exp(const Vec<double>& x) {
   return Vec<double>::map(x, x, [](double v, double) { return std::exp(v); });
 }
 
-// sigmoid(x) = 1 / (1 + exp(-x)), with exp(-x) kept finite (sigmoid(x)
-// < 2e-35 there); silu(x) = x * sigmoid(x)
+// sigmoid(x) = 1 / (1 + exp(-x)), with exp(-x) kept finite for the
+// reciprocal (for float below x = -80, where sigmoid(x) < 2e-35; NaN stays
+// NaN); silu(x) = x * sigmoid(x)
 template <typename T>
 inline Vec<T> sigmoid(const Vec<T>& x) {
   using V = Vec<T>;
+  const T cap = sizeof(T) == 4 ? T(80) : T(700);
   return reciprocal(V::broadcast(T(1)) +
-                    exp(min(V::broadcast(T(0)) - x, V::broadcast(T(80)))));
+                    exp(min(V::broadcast(cap), V::broadcast(T(0)) - x)));
 }
 
 template <typename T>

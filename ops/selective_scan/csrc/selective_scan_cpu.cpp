@@ -287,7 +287,7 @@ void block_forward(const Direction<T>& dir, int64_t N_, int64_t b,
       V y_odd = V::broadcast(T(0));  // two sums: half the add chain
 #pragma GCC unroll 64
       for (int n = 0; n < kN; ++n) {
-        hr[n] = fma(exp2(d * V::load(A2 + n * W)), hr[n],
+        hr[n] = fma(exp2_finite(d * V::load(A2 + n * W)), hr[n],
                     du * V::broadcast(Bt[n * B_sn]));
         if (n % 2)
           y_odd = fma(hr[n], V::broadcast(Ct[n * C_sn]), y_odd);
@@ -299,7 +299,7 @@ void block_forward(const Direction<T>& dir, int64_t N_, int64_t b,
         for (int n = 0; n < kN; ++n) hr[n].store(H + (row * N + n) * W);
     } else {
       for (int64_t n = 0; n < N; ++n) {
-        const V hn = fma(exp2(d * V::load(A2 + n * W)), V::load(h + n * W),
+        const V hn = fma(exp2_finite(d * V::load(A2 + n * W)), V::load(h + n * W),
                          du * V::broadcast(Bt[n * B_sn]));
         hn.store(h + n * W);
         y = fma(hn, V::broadcast(Ct[n * C_sn]), y);
@@ -365,7 +365,7 @@ void block_backward(const Direction<T>& dir, const Sizes& s, int64_t b,
     for (int64_t n = 0; n < N; ++n) {
       const V bn = V::broadcast(Bt[n * dir.B_sn]);
       const V cn = V::broadcast(Ct[n * dir.C_sn]);
-      const V a = exp2(d * V::load(A2 + n * W));
+      const V a = exp2_finite(d * V::load(A2 + n * W));
       const V a_hp = Hp ? a * V::load(Hp + n * W) : zero;
       fma(g, V::load(Ht + n * W), V::load(dCt + n * W)).store(dCt + n * W);
       const V grad_h = fma(g, cn, V::load(dh + n * W));
@@ -762,6 +762,32 @@ std::vector<at::Tensor> mixer_forward(const at::Tensor& xz,
   return {r[0].to(xz.scalar_type()), r[1]};
 }
 
+// exp2, exp, sigmoid, silu and softplus of the kernel's Vec<T>, elementwise
+// over a 1-D float32 / float64 tensor (for the tests of their accuracy and
+// of infinities and NaN).
+std::vector<at::Tensor> special_functions(const at::Tensor& x_in) {
+  TORCH_CHECK(x_in.dim() == 1 && (x_in.scalar_type() == at::kFloat ||
+                                  x_in.scalar_type() == at::kDouble),
+              "special_functions: a 1-D float32 or float64 tensor");
+  const at::Tensor x = x_in.contiguous();
+  std::vector<at::Tensor> out;
+  for (int i = 0; i < 5; ++i) out.push_back(at::empty_like(x));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "special_functions", [&] {
+    using T = scalar_t;
+    constexpr int W = kLanes<T>;
+    const T* xp = x.data_ptr<T>();
+    for (int64_t i = 0; i < x.numel(); i += W) {
+      const int count = static_cast<int>(std::min<int64_t>(W, x.numel() - i));
+      const Vec<T> v = load_lanes(xp + i, 1, count);
+      const Vec<T> r[5] = {exp2(v), mmvim_cpu::exp(v), mmvim_cpu::sigmoid(v),
+                           mmvim_cpu::silu(v), mmvim_cpu::softplus(v)};
+      for (int k = 0; k < 5; ++k)
+        store_lanes(r[k], out[k].data_ptr<T>() + i, 1, count);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mmvim, CPU, m) {
@@ -772,6 +798,9 @@ TORCH_LIBRARY_IMPL(mmvim, CPU, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   mmvim_scan::bind_test_switches(m);
   m.attr("simd") = mmvim_cpu::kSimd;
+  m.def("special_functions", &special_functions,
+        "exp2, exp, sigmoid, silu, softplus of the kernel's vector code "
+        "(tests)");
   m.def("mixer_forward", &mixer_forward,
         pybind11::call_guard<pybind11::gil_scoped_release>(),
         "Vim's mixer between in_proj and out_proj (bimamba_inner) in one "

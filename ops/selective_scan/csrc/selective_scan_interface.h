@@ -248,8 +248,9 @@ inline std::vector<int64_t> bc_grad_shape(const at::Tensor& t) {
           t.size(2), t.size(3)};
 }
 
-// The depthwise conv + SiLU feeding x_proj (the same the scan computes
-// again inside): x (b, L, E) any strides, weight (E, W), bias (E,) ->
+// The depthwise conv + SiLU feeding x_proj (the CUDA scan computes it
+// again inside; the CPU scan reads its output): x (b, L, E) any strides,
+// weight (E, W), bias (E,) ->
 // silu(conv) (b, L, E) contiguous, causal in tokens, or anti-causal when
 // reverse. Checks shared by the bindings.
 inline void check_conv_inputs(const Backend& backend, const at::Tensor& x,
