@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -24,51 +25,92 @@ constexpr const char* kSimd = "avx512";
 constexpr const char* kSimd = "portable";
 #endif
 
+// The portable Vec: 64 bytes as GCC / Clang vectors of the target's native
+// width (two AVX2 registers, four SSE or NEON registers; wider vector
+// types get their comparisons lowered to scalar code), each operation
+// applied part by part. Comparisons keep NaN where the AVX-512 version
+// does.
+#if defined(__AVX__)
+constexpr int kNativeBytes = 32;
+#else
+constexpr int kNativeBytes = 16;
+#endif
+
 template <typename T>
 struct Vec {
   static constexpr int kSize = 64 / static_cast<int>(sizeof(T));
-  T v[kSize];
+  static constexpr int kParts = 64 / kNativeBytes;
+  typedef T Part __attribute__((vector_size(kNativeBytes)));
+  // what comparing two Parts gives: lanes of all ones where true
+  using Lane = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef Lane Mask __attribute__((vector_size(kNativeBytes)));
+  // a Part at any address (unaligned loads and stores, no aliasing rule)
+  typedef T Unaligned
+      __attribute__((vector_size(kNativeBytes), aligned(alignof(T)),
+                     may_alias));
+  static constexpr int kPartLanes = kNativeBytes / static_cast<int>(sizeof(T));
+  Part p[kParts];
 
-  static Vec load(const T* p) {
+  static Vec load(const T* src) {
     Vec r;
-    for (int i = 0; i < kSize; ++i) r.v[i] = p[i];
+    for (int i = 0; i < kParts; ++i)
+      r.p[i] = *reinterpret_cast<const Unaligned*>(src + i * kPartLanes);
     return r;
   }
   static Vec broadcast(T x) {
     Vec r;
-    for (int i = 0; i < kSize; ++i) r.v[i] = x;
+    for (int i = 0; i < kParts; ++i) r.p[i] = Part{} + x;
     return r;
   }
-  void store(T* p) const {
-    for (int i = 0; i < kSize; ++i) p[i] = v[i];
+  void store(T* dst) const {
+    for (int i = 0; i < kParts; ++i)
+      *reinterpret_cast<Unaligned*>(dst + i * kPartLanes) = p[i];
   }
+  // f applied part by part
   template <typename F>
-  static Vec map(const Vec& a, const Vec& b, F f) {
+  static Vec zip(const Vec& a, const Vec& b, F f) {
     Vec r;
-#pragma omp simd
-    for (int i = 0; i < kSize; ++i) r.v[i] = f(a.v[i], b.v[i]);
+    for (int i = 0; i < kParts; ++i) r.p[i] = f(a.p[i], b.p[i]);
     return r;
+  }
+  // f applied lane by lane (the standard library's functions for double)
+  template <typename F>
+  Vec map(F f) const {
+    T lanes[kSize];
+    store(lanes);
+    for (int i = 0; i < kSize; ++i) lanes[i] = f(lanes[i]);
+    return load(lanes);
+  }
+  // a where mask, else b, by bits
+  static Part select(Mask mask, Part a, Part b) {
+    Mask ai, bi;
+    std::memcpy(&ai, &a, sizeof(Part));
+    std::memcpy(&bi, &b, sizeof(Part));
+    const Mask bits = (mask & ai) | (~mask & bi);
+    Part out;
+    std::memcpy(&out, &bits, sizeof(Part));
+    return out;
   }
   friend Vec operator+(const Vec& a, const Vec& b) {
-    return map(a, b, [](T x, T y) { return x + y; });
+    return zip(a, b, [](Part x, Part y) { return x + y; });
   }
   friend Vec operator-(const Vec& a, const Vec& b) {
-    return map(a, b, [](T x, T y) { return x - y; });
+    return zip(a, b, [](Part x, Part y) { return x - y; });
   }
   friend Vec operator*(const Vec& a, const Vec& b) {
-    return map(a, b, [](T x, T y) { return x * y; });
+    return zip(a, b, [](Part x, Part y) { return x * y; });
   }
   friend Vec max(const Vec& a, const Vec& b) {
-    return map(a, b, [](T x, T y) { return x > y ? x : y; });
+    return zip(a, b, [](Part x, Part y) { return select(x > y, x, y); });
   }
   friend Vec min(const Vec& a, const Vec& b) {
-    return map(a, b, [](T x, T y) { return x < y ? x : y; });
+    return zip(a, b, [](Part x, Part y) { return select(x < y, x, y); });
   }
   friend Vec reciprocal(const Vec& a) {
-    return map(a, a, [](T x, T) { return T(1) / x; });
+    return zip(a, a, [](Part x, Part) { return T(1) / x; });
   }
   friend Vec abs(const Vec& a) {
-    return map(a, a, [](T x, T) { return std::fabs(x); });
+    return zip(a, a, [](Part x, Part) { return select(x < T(0), -x, x); });
   }
   // a * b + c
   friend Vec fma(const Vec& a, const Vec& b, const Vec& c) {
@@ -81,32 +123,9 @@ struct Vec {
 // exactly (relative error < 1.9e-7 evaluated in float). exp2_finite may
 // skip the clamp that keeps infinite arguments right.
 inline Vec<double> exp2(const Vec<double>& a) {
-  return Vec<double>::map(a, a, [](double x, double) { return std::exp2(x); });
+  return a.map([](double x) { return std::exp2(x); });
 }
-
-// 2^k is applied as 2^(k/2) 2^(k - k/2), two normal floats, so that
-// results near the overflow and underflow limits come out right
-inline float pow2_lane(int32_t k) {
-  const int32_t bits = (k + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return scale;
-}
-
-inline float exp2_lane(float x) {
-  x = std::max(std::min(x, 150.0f), -150.0f);  // NaN stays NaN
-  const float k = (x + 12582912.0f) - 12582912.0f;  // round to nearest
-  const float r = x - k;
-  float p = 1.326472731e-3f;
-  p = p * r + 9.671512991e-3f;
-  p = p * r + 5.550733581e-2f;
-  p = p * r + 2.402224243e-1f;
-  p = p * r + 6.931470037e-1f;
-  p = p * r + 1.0f;
-  // NaN: p carries it (and a NaN cast to int would be undefined)
-  const int32_t ki = static_cast<int32_t>(k == k ? k : 0.0f);
-  return p * pow2_lane(ki / 2) * pow2_lane(ki - ki / 2);
-}
+inline Vec<double> exp2_finite(const Vec<double>& a) { return exp2(a); }
 
 #if defined(__AVX512F__)
 template <>
@@ -156,12 +175,35 @@ struct Vec<float> {
   }
 };
 #else
+// 2^k is applied as 2^(k/2) 2^(k - k/2), two normal floats, so that
+// results near the overflow and underflow limits come out right
 inline Vec<float> exp2(const Vec<float>& a) {
-  return Vec<float>::map(a, a, [](float x, float) { return exp2_lane(x); });
+  using V = Vec<float>;
+  using R = V::Part;
+  return V::zip(a, a, [](R x, R) {
+    x = V::select(x > 150.0f, R{} + 150.0f, x);  // NaN stays NaN
+    x = V::select(x < -150.0f, R{} - 150.0f, x);
+    const R k = (x + 12582912.0f) - 12582912.0f;  // round to nearest
+    const R r = x - k;
+    R p = R{} + 1.326472731e-3f;
+    p = p * r + 9.671512991e-3f;
+    p = p * r + 5.550733581e-2f;
+    p = p * r + 2.402224243e-1f;
+    p = p * r + 6.931470037e-1f;
+    p = p * r + 1.0f;
+    // NaN: p carries it (a NaN converted to int is unspecified)
+    const V::Mask ki = __builtin_convertvector(V::select(k == k, k, R{}),
+                                               V::Mask);
+    const V::Mask k1 = ki >> 1, k2 = ki - k1;
+    const V::Mask b1 = (k1 + 127) << 23, b2 = (k2 + 127) << 23;
+    R s1, s2;
+    std::memcpy(&s1, &b1, sizeof(R));
+    std::memcpy(&s2, &b2, sizeof(R));
+    return p * s1 * s2;
+  });
 }
 inline Vec<float> exp2_finite(const Vec<float>& a) { return exp2(a); }
 #endif
-inline Vec<double> exp2_finite(const Vec<double>& a) { return exp2(a); }
 
 template <typename T>
 constexpr T kLog2e = T(1.4426950408889634);
@@ -170,7 +212,7 @@ inline Vec<float> exp(const Vec<float>& x) {
   return exp2(x * Vec<float>::broadcast(kLog2e<float>));
 }
 inline Vec<double> exp(const Vec<double>& x) {
-  return Vec<double>::map(x, x, [](double v, double) { return std::exp(v); });
+  return x.map([](double v) { return std::exp(v); });
 }
 
 // sigmoid(x) = 1 / (1 + exp(-x)), with exp(-x) kept finite for the
@@ -194,7 +236,7 @@ inline Vec<T> silu(const Vec<T>& x) {
 // to s^13 (relative error < 2e-8 before rounding, and q stays accurate
 // where it is tiny).
 inline Vec<double> log1p_unit(const Vec<double>& q) {
-  return Vec<double>::map(q, q, [](double x, double) { return std::log1p(x); });
+  return q.map([](double x) { return std::log1p(x); });
 }
 
 inline Vec<float> log1p_unit(const Vec<float>& q) {
