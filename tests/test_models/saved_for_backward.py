@@ -25,3 +25,19 @@ def step_with_saved_bytes(model, x, skip, seed=7):
     loss = sum(o.square().sum() for o in outs)
     grads = torch.autograd.grad(loss, [x] + list(model.parameters()))
     return outs, grads, sum(storages.values())
+
+
+def compare_checkpointed_twin(plain, ckpt, x):
+    """Loads ``plain``'s weights into ``ckpt`` (its with_cp twin), checks
+    that both give the same outputs and gradients (drop path replayed) and
+    returns the bytes each keeps for backward, (plain, ckpt), the
+    parameters and the image left out."""
+    ckpt.load_state_dict(plain.state_dict())
+    skip = [x, *plain.parameters(), *ckpt.parameters()]
+    (outs, grads, saved), (outs_cp, grads_cp, saved_cp) = [
+        step_with_saved_bytes(model, x, skip) for model in (plain, ckpt)]
+    for o_cp, o in zip(outs_cp, outs):
+        torch.testing.assert_close(o_cp, o)
+    for g_cp, g in zip(grads_cp, grads):
+        torch.testing.assert_close(g_cp, g)
+    return saved, saved_cp
