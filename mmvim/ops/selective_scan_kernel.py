@@ -22,7 +22,7 @@ import os
 
 import torch
 
-from .extension_loader import SANITIZE_ENV, build_extension, load_extension
+from .extension_loader import build_extension, load_extension
 from .library import NAMESPACES, define_ops, ops_namespace, scan_arguments
 
 _CUDA_SOURCES = ['selective_scan_cuda.cpp', 'selective_scan_cuda_fp32.cu',
@@ -73,18 +73,10 @@ def simt_launch_records(dry_run=True):
         records.extend(module.simt_launches())
 
 
-# built kernels by (kind, sanitizer build): kernel_module runs several
-# times per Vim layer, so it skips build_kernel's checks once one is built
-_modules = {}
-
-
 def kernel_module(kind):
     """The built extension of ``kind``, its poisoning set from the
     environment (MMVIM_SCAN_POISON)."""
-    key = (kind, os.environ.get(SANITIZE_ENV, '') if kind == 'simt' else '')
-    module = _modules.get(key)
-    if module is None:
-        module = _modules[key] = build_kernel(kind)
+    module = build_kernel(kind)
     module.set_poison_outputs(os.environ.get(POISON_ENV, '0') == '1')
     return module
 
