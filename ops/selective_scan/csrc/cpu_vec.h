@@ -1,12 +1,11 @@
 // One SIMD vector of the CPU scan kernel: Vec<T> holds kSize = 64 / sizeof(T)
 // lanes (one block of channels, see selective_scan_cpu.cpp). Where the
 // compiler targets AVX-512, Vec<float> is one __m512 register and exp2 uses
-// vscalefps; elsewhere (float64, other CPUs) Vec<T> is a plain array whose
-// loops the compiler vectorises as it can. The special functions below are
-// written once over the small set of operations both provide.
+// vscalefps; elsewhere (float64, other CPUs) Vec<T> is GCC / Clang vectors
+// of the target's native width. The special functions below are written
+// once over the small set of operations both provide.
 #pragma once
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -127,6 +126,11 @@ inline Vec<double> exp2(const Vec<double>& a) {
 }
 inline Vec<double> exp2_finite(const Vec<double>& a) { return exp2(a); }
 
+// the float polynomial's coefficients, highest degree first
+constexpr float kExp2Poly[] = {1.326472731e-3f, 9.671512991e-3f,
+                               5.550733581e-2f, 2.402224243e-1f,
+                               6.931470037e-1f, 1.0f};
+
 #if defined(__AVX512F__)
 template <>
 struct Vec<float> {
@@ -159,12 +163,9 @@ struct Vec<float> {
     const __m512 k = _mm512_roundscale_ps(
         a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 r = _mm512_sub_ps(a.v, k);
-    __m512 p = _mm512_set1_ps(1.326472731e-3f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.671512991e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.550733581e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.402224243e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.931470037e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    __m512 p = _mm512_set1_ps(kExp2Poly[0]);
+    for (int i = 1; i < 6; ++i)
+      p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExp2Poly[i]));
     return {_mm512_scalef_ps(p, k)};
   }
   // 2^x for any x: clamped first (x second, so NaN stays NaN)
@@ -185,12 +186,8 @@ inline Vec<float> exp2(const Vec<float>& a) {
     x = V::select(x < -150.0f, R{} - 150.0f, x);
     const R k = (x + 12582912.0f) - 12582912.0f;  // round to nearest
     const R r = x - k;
-    R p = R{} + 1.326472731e-3f;
-    p = p * r + 9.671512991e-3f;
-    p = p * r + 5.550733581e-2f;
-    p = p * r + 2.402224243e-1f;
-    p = p * r + 6.931470037e-1f;
-    p = p * r + 1.0f;
+    R p = R{} + kExp2Poly[0];
+    for (int i = 1; i < 6; ++i) p = p * r + kExp2Poly[i];
     // NaN: p carries it (a NaN converted to int is unspecified)
     const V::Mask ki = __builtin_convertvector(V::select(k == k, k, R{}),
                                                V::Mask);

@@ -241,16 +241,16 @@ class DenormalsAreZero {
   unsigned int saved_ = 0;
 };
 
-// A of a block's lanes into A (N, W), and A log2(e) into A2 (the
-// recurrences compute exp(delta A) as exp2(delta A log2(e))); padding lanes
-// are zero.
+// A log2(e) of a block's lanes into A2 (N, W) (the recurrences compute
+// exp(delta A) as exp2(delta A log2(e))), and A into A where not null (the
+// backward needs it); padding lanes are zero.
 template <typename T>
 void load_A(const Direction<T>& dir, const Block& blk, int64_t N, T* A,
             T* A2) {
   constexpr int W = kLanes<T>;
   for (int64_t n = 0; n < N; ++n) {
     const Vec<T> a = load_lanes(dir.A + blk.e0 * N + n, N, blk.count);
-    a.store(A + n * W);
+    if (A) a.store(A + n * W);
     (a * Vec<T>::broadcast(mmvim_cpu::kLog2e<T>)).store(A2 + n * W);
   }
 }
@@ -435,7 +435,7 @@ std::vector<at::Tensor> forward_impl(const std::vector<DirTensors>& dirs,
     // kChunk tokens (its rows of u and delta stay in the L1 cache). y goes
     // straight into out: the first direction stores it, the last adds its
     // own and applies the gate, out = scale * y * silu(z).
-    auto run_block = [&](int64_t b, const Block& blk, T* A, T* A2, T* h,
+    auto run_block = [&](int64_t b, const Block& blk, T* A2, T* h,
                          T* d_rows, T* u_rows) {
       T* o0 = outp + b * L * E + blk.e0;
       for (size_t k = 0; k < nd; ++k) {
@@ -457,7 +457,7 @@ std::vector<at::Tensor> forward_impl(const std::vector<DirTensors>& dirs,
           }
           store_lanes(y, o, 1, blk.count);
         };
-        load_A(dir, blk, N, A, A2);
+        load_A<T>(dir, blk, N, nullptr, A2);
         std::fill(h, h + N * W, T(0));
         for (int64_t c = 0; c < L; c += kChunk) {  // scan steps [c, c_end)
           const int64_t c_end = std::min(c + kChunk, L);
@@ -477,11 +477,11 @@ std::vector<at::Tensor> forward_impl(const std::vector<DirTensors>& dirs,
     };
     at::parallel_for(0, s.batch * nb, 1, [&](int64_t begin, int64_t end) {
       DenormalsAreZero ftz;
-      std::vector<T> A(N * W), A2(N * W), h(N * W);
+      std::vector<T> A2(N * W), h(N * W);
       std::vector<T> d_rows(kChunk * W), u_rows(kChunk * W);
       for (int64_t i = begin; i < end; ++i)
-        run_block(i / nb, blocks[i % nb], A.data(), A2.data(), h.data(),
-                  d_rows.data(), u_rows.data());
+        run_block(i / nb, blocks[i % nb], A2.data(), h.data(), d_rows.data(),
+                  u_rows.data());
     });
   });
   return {out, at::empty({0}, options), last};
